@@ -1,0 +1,254 @@
+"""A tracked volume: an image file or block device whose writes go through the tracker and COW filter.
+
+The write path, under the volume's write lock: mark the tracking blocks, preserve the chunks a held
+snapshot still needs, then write the data. Marking first is what makes the map never under-report, even
+when the process is killed between the two.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from cbtbackup.engine.cbt import CbtInfo
+from cbtbackup.engine.cow import CowFilter
+from cbtbackup.engine.errors import (
+    AlreadyTrackedError,
+    NotTrackedError,
+    OutOfRangeError,
+    SnapshotBusyError,
+)
+from cbtbackup.engine.geometry import check_block_size, tracking_block_size
+from cbtbackup.engine.tracker import STATE_FILE, ChangeTracker, image_identity
+from cbtbackup.engine.tracker_state import StateDirLock
+from cbtbackup.errors import NotFoundError, StorageError, UsageError
+
+if TYPE_CHECKING:
+    from cbtbackup.engine.snapshot import Snapshot
+
+DEVICE_STATE_ROOT = Path("/var/lib/cbtbackup/devices")
+
+
+def default_state_dir(path: Path) -> Path:
+    """Beside an image file (``disk.img`` -> ``disk.img.cbt``); under /var/lib/cbtbackup for a device."""
+    if path.is_block_device():
+        return DEVICE_STATE_ROOT / (str(path.resolve()).strip("/").replace("/", "_") + ".cbt")
+    return path.with_name(path.name + ".cbt")
+
+
+def is_tracked(path: str | os.PathLike[str], state_dir: str | os.PathLike[str] | None = None) -> bool:
+    """Whether ``path`` has tracker state (it may be open in another process)."""
+    p = Path(path)
+    sd = Path(state_dir) if state_dir is not None else default_state_dir(p)
+    return (sd / STATE_FILE).is_file()
+
+
+class TrackedVolume:
+    """An open tracked volume; get one from :meth:`track` or :meth:`open` and close it when done."""
+
+    def __init__(self, path: Path, state_dir: Path, fd: int, lock: StateDirLock, tracker: ChangeTracker) -> None:
+        self.path = path
+        self.state_dir = state_dir
+        self._fd = fd
+        self._lock = lock
+        self._tracker = tracker
+        self._write_lock = threading.Lock()
+        self._cow: CowFilter | None = None
+        self._holder: Snapshot | None = None
+        self.size = tracker.header.capacity
+        self.closed = False
+
+    # -- opening -------------------------------------------------------------------------------------------
+
+    @classmethod
+    def track(
+        cls,
+        path: str | os.PathLike[str],
+        block_size: int | None = None,
+        *,
+        state_dir: str | os.PathLike[str] | None = None,
+        durable: bool = False,
+    ) -> TrackedVolume:
+        """Start tracking ``path`` (a new generation) and return it open.
+
+        ``durable`` syncs each newly marked map page before the data it describes, so the map stays
+        trustworthy even after a power loss, at the cost of a sync on the first write to each block.
+        """
+        p, sd, fd, st = _open_volume(path, state_dir)
+        try:
+            capacity = _capacity(fd, st)
+            if capacity == 0:
+                raise UsageError(f"{p} is empty: there is nothing to track")
+            bs = check_block_size(block_size) if block_size is not None else tracking_block_size(capacity)
+            sd.mkdir(mode=0o700, parents=True, exist_ok=True)
+            lock = StateDirLock(sd)
+            try:
+                if (sd / STATE_FILE).exists():
+                    raise AlreadyTrackedError(f"{p} is tracked already (state in {sd}); open it instead")
+                ChangeTracker.create(sd, capacity, bs, durable, image_identity(st)).close(image_identity(st))
+                tracker = ChangeTracker.load(sd, capacity, image_identity(st))
+            except BaseException:
+                lock.release()
+                raise
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(p, sd, fd, lock, tracker)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], *, state_dir: str | os.PathLike[str] | None = None) -> TrackedVolume:
+        """Reopen a tracked volume, applying the crash rules (which may start a new generation)."""
+        p, sd, fd, st = _open_volume(path, state_dir)
+        try:
+            if not (sd / STATE_FILE).is_file():
+                raise NotTrackedError(f"{p} is not tracked (no state in {sd}); start tracking it first")
+            lock = StateDirLock(sd)
+            try:
+                tracker = ChangeTracker.load(sd, _capacity(fd, st), image_identity(st))
+            except BaseException:
+                lock.release()
+                raise
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(p, sd, fd, lock, tracker)
+
+    # -- data ----------------------------------------------------------------------------------------------
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Current content of the volume."""
+        self._check_range(offset, length)
+        data = os.pread(self._fd, length, offset)
+        if len(data) < length:  # a file with a hole at its end reads short; it is zeros
+            data += bytes(length - len(data))
+        return data
+
+    def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        """Write through the tracker and the COW filter of a held snapshot."""
+        length = len(data)
+        self._check_range(offset, length)
+        with self._write_lock:
+            self._tracker.mark(offset, length)
+            if self._cow is not None:
+                self._cow.before_write(offset, length)
+            view = memoryview(data)
+            done = 0
+            while done < length:
+                try:
+                    done += os.pwrite(self._fd, view[done:], offset + done)
+                except OSError as e:
+                    raise StorageError(f"write to {self.path} failed: {e.strerror}") from e
+
+    def flush(self) -> None:
+        """Make the map and then the data durable (the map first: it may over-report, never under)."""
+        with self._write_lock:
+            self._tracker.flush()
+            os.fsync(self._fd)
+
+    # -- tracking ------------------------------------------------------------------------------------------
+
+    def cbt_info(self) -> CbtInfo:
+        return self._tracker.info()
+
+    def cbt_map(self) -> bytes:
+        """The CBT map as of the last snapshot taken: one byte per tracking block."""
+        return self._tracker.read_map()
+
+    def cbt_live_map(self) -> bytes:
+        """The map as writes leave it; blocks equal to ``changes_number + 1`` changed since the last take."""
+        return self._tracker.write_map()
+
+    @property
+    def reset_reason(self) -> str:
+        """Why the current generation started."""
+        return self._tracker.header.reset_reason
+
+    def mark_dirty(self, ranges: list[tuple[int, int]]) -> None:
+        """Mark byte ranges ``(offset, length)`` changed, in the current and the next backup's view."""
+        for offset, length in ranges:
+            self._check_range(offset, length)
+        with self._write_lock:
+            self._tracker.mark_dirty(ranges)
+
+    # -- lifetime ------------------------------------------------------------------------------------------
+
+    @property
+    def snapshot(self) -> Snapshot | None:
+        """The snapshot holding this volume, if any."""
+        return self._holder
+
+    def close(self) -> None:
+        """Destroy a snapshot still holding the volume, make everything durable and record a clean close."""
+        if self.closed:
+            return
+        if self._holder is not None:
+            self._holder.destroy()
+        with self._write_lock:
+            os.fsync(self._fd)
+            self._tracker.close(image_identity(os.fstat(self._fd)))
+            os.close(self._fd)
+            self._lock.release()
+            self.closed = True
+
+    def __enter__(self) -> TrackedVolume:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"TrackedVolume({str(self.path)!r}, size={self.size})"
+
+    # -- for Snapshot --------------------------------------------------------------------------------------
+
+    def _reserve(self, snapshot: Snapshot) -> None:
+        with self._write_lock:
+            if self.closed:
+                raise UsageError(f"{self.path} is closed")
+            if self._holder is not None:
+                raise SnapshotBusyError(f"{self.path} is already in another snapshot")
+            self._holder = snapshot
+
+    def _release(self, snapshot: Snapshot) -> None:
+        with self._write_lock:
+            if self._holder is snapshot:
+                self._holder = None
+                self._cow = None
+
+    def _check_range(self, offset: int, length: int) -> None:
+        if self.closed:
+            raise UsageError(f"{self.path} is closed")
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise OutOfRangeError(
+                f"{length} bytes at offset {offset} reach past the end of {self.path} ({self.size} bytes)"
+            )
+
+
+def _open_volume(
+    path: str | os.PathLike[str], state_dir: str | os.PathLike[str] | None
+) -> tuple[Path, Path, int, os.stat_result]:
+    p = Path(path)
+    try:
+        fd = os.open(p, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise NotFoundError(f"{p}: no such file or device") from None
+    except IsADirectoryError:
+        raise UsageError(f"{p} is a directory, not an image file or block device") from None
+    except OSError as e:
+        raise StorageError(f"cannot open {p}: {e.strerror}") from e
+    st = os.fstat(fd)
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+        os.close(fd)
+        raise UsageError(f"{p} is not an image file or block device")
+    sd = Path(state_dir) if state_dir is not None else default_state_dir(p)
+    return p, sd, fd, st
+
+
+def _capacity(fd: int, st: os.stat_result) -> int:
+    return st.st_size if stat.S_ISREG(st.st_mode) else os.lseek(fd, 0, os.SEEK_END)
