@@ -106,11 +106,14 @@ def test_overflow_corrupts_the_snapshot_and_keeps_every_write(make_image: MakeIm
 
 def test_multi_volume_overflow_reports_every_device(make_image: MakeImage, tmp_path: Path) -> None:
     a, b = make_image(4 * CHUNK), make_image(4 * CHUNK)
-    with TrackedVolume.track(a) as va, TrackedVolume.track(b) as vb:
-        with Snapshot.create([va, vb], tmp_path, limit=CHUNK, step=CHUNK) as snap:
-            snap.take()
-            vb.write(0, b"1")
-            va.write(CHUNK, b"2")  # no room left
-            codes = [snap.wait_event(0.2) for _ in range(3)]
-            corrupted = [e.volume for e in codes if e and e.code == EventCode.CORRUPTED]
-            assert sorted(corrupted) == sorted([str(a), str(b)])
+    with (
+        TrackedVolume.track(a) as va,
+        TrackedVolume.track(b) as vb,
+        Snapshot.create([va, vb], tmp_path, limit=CHUNK, step=CHUNK) as snap,
+    ):
+        snap.take()
+        vb.write(0, b"1")
+        va.write(CHUNK, b"2")  # no room left
+        codes = [snap.wait_event(0.2) for _ in range(3)]
+        corrupted = [e.volume for e in codes if e and e.code == EventCode.CORRUPTED]
+        assert sorted(corrupted) == sorted([str(a), str(b)])

@@ -1,0 +1,92 @@
+"""SIGKILL at random moments never leaves a write that reached the image unmarked."""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import sys
+import time
+
+from cbtbackup.engine import Snapshot, TrackedVolume
+from tests.conftest import MakeImage
+
+BS = 64 << 10
+SIZE = 8 << 20
+
+# The child writes at random (and now and then takes a snapshot) until it is killed.
+CHILD = """
+import os, random, sys
+from cbtbackup.engine import Snapshot, TrackedVolume
+vol = TrackedVolume.open(sys.argv[1])
+rng = random.Random(int(sys.argv[2]))
+print("ready", flush=True)
+while True:
+    if rng.random() < 0.05:
+        snap = Snapshot.create([vol], step=1 << 20)
+        snap.take()
+        snap.destroy()
+    offset = rng.randrange(vol.size)
+    length = min(rng.choice([1, 512, 4096, 65536, 300000, 1 << 20]), vol.size - offset)
+    vol.write(offset, os.urandom(length))
+"""
+
+
+def test_sigkill_at_random_moments_never_loses_a_mark(make_image: MakeImage) -> None:
+    img = make_image(SIZE)
+    rng = random.Random(1234)
+    with TrackedVolume.track(img) as vol:
+        generation = vol.cbt_info().generation_id
+    changed_rounds = 0
+    for round_no in range(30):
+        with TrackedVolume.open(img) as vol:
+            with Snapshot.create([vol]) as snap:
+                snap.take()
+            since = vol.cbt_info().changes_number
+            baseline = vol.read(0, SIZE)
+        child = subprocess.Popen(
+            [sys.executable, "-c", CHILD, str(img), str(round_no)], stdout=subprocess.PIPE, text=True
+        )
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "ready"
+        time.sleep(rng.uniform(0, 0.05))
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        with TrackedVolume.open(img) as vol:
+            info = vol.cbt_info()
+            assert info.generation_id == generation, vol.reset_reason  # same boot: the map is trusted
+            now = vol.read(0, SIZE)
+            differs = {b for b in range(SIZE // BS) if now[b * BS:(b + 1) * BS] != baseline[b * BS:(b + 1) * BS]}
+            live = vol.cbt_live_map()
+            marked = {b for b in range(len(live)) if live[b] > since}
+            assert differs <= marked, f"round {round_no}: blocks {sorted(differs - marked)} changed unmarked"
+            changed_rounds += bool(differs)
+    assert changed_rounds >= 20  # the child got to write in most rounds
+
+
+# The worst moment, made certain: the child dies right after its data reached the image.
+DIE_AFTER_WRITE = """
+import os, signal, sys
+from cbtbackup.engine import TrackedVolume
+vol = TrackedVolume.open(sys.argv[1])
+real_pwrite = os.pwrite
+def pwrite_then_die(fd, data, offset):
+    real_pwrite(fd, data, offset)
+    os.kill(os.getpid(), signal.SIGKILL)
+os.pwrite = pwrite_then_die
+vol.write(int(sys.argv[2]), b"written just before the kill")
+"""
+
+
+def test_sigkill_right_after_the_data_lands(make_image: MakeImage) -> None:
+    img = make_image(SIZE)
+    with TrackedVolume.track(img):
+        pass
+    for offset in (0, 5 * BS - 3, SIZE - 28):
+        child = subprocess.run([sys.executable, "-c", DIE_AFTER_WRITE, str(img), str(offset)])
+        assert child.returncode == -signal.SIGKILL
+        with TrackedVolume.open(img) as vol:
+            assert vol.read(offset, 28) == b"written just before the kill"
+            live = vol.cbt_live_map()
+            for block in {offset // BS, (offset + 27) // BS}:
+                assert live[block] == vol.cbt_info().changes_number + 1
