@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import stat
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -117,3 +119,28 @@ def test_multi_volume_overflow_reports_every_device(make_image: MakeImage, tmp_p
         codes = [snap.wait_event(0.2) for _ in range(3)]
         corrupted = [e.volume for e in codes if e and e.code == EventCode.CORRUPTED]
         assert sorted(corrupted) == sorted([str(a), str(b)])
+
+
+DIE_HOLDING_A_SNAPSHOT = """
+import os, signal, sys
+from cbtbackup.engine import Snapshot, TrackedVolume
+vol = TrackedVolume.open(sys.argv[1])
+snap = Snapshot.create([vol], sys.argv[2], step=1 << 20)
+snap.take()
+vol.write(0, os.urandom(4 << 20))
+print(snap.storage.used, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_storage_disappears_with_the_process(make_image: MakeImage, tmpfs: Path) -> None:
+    img = make_image(16 * CHUNK)
+    TrackedVolume.track(img).close()
+    free_before = free_bytes(tmpfs)
+    child = subprocess.run(
+        [sys.executable, "-c", DIE_HOLDING_A_SNAPSHOT, str(img), str(tmpfs)], capture_output=True, text=True
+    )
+    assert child.returncode == -signal.SIGKILL
+    assert int(child.stdout) == 4 << 20  # it did hold 4 MiB of preserved chunks
+    assert list(tmpfs.iterdir()) == []
+    assert free_bytes(tmpfs) == free_before
