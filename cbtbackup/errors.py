@@ -60,3 +60,7 @@ class StorageError(CbtError):
     """I/O against a volume, a difference storage or a store failed."""
 
     exit_code = 7
+
+
+class TransientStorageError(StorageError):
+    """A store failure that may succeed when tried again (throttling, a reset connection, a 5xx)."""

@@ -13,6 +13,10 @@ import re
 import uuid
 from collections.abc import Iterator
 
+from cbtbackup.model.checkpoint import CbtCheckpoint
+
+__all__ = ["CbtCheckpoint", "CbtDecision", "CbtInfo", "changed_runs", "plan_incremental"]
+
 
 @dataclasses.dataclass(frozen=True)
 class CbtInfo:
@@ -26,16 +30,6 @@ class CbtInfo:
 
     def checkpoint(self) -> CbtCheckpoint:
         return CbtCheckpoint(self.generation_id, self.changes_number, self.block_size, self.device_capacity)
-
-
-@dataclasses.dataclass(frozen=True)
-class CbtCheckpoint:
-    """What a backup remembers of the CBT state of the snapshot it was made from."""
-
-    generation_id: uuid.UUID
-    changes_number: int
-    block_size: int
-    device_capacity: int
 
 
 @dataclasses.dataclass(frozen=True)

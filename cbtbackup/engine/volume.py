@@ -162,6 +162,10 @@ class TrackedVolume:
         """The map as writes leave it; blocks equal to ``changes_number + 1`` changed since the last take."""
         return self._tracker.write_map()
 
+    def blocks_changed_since_take(self) -> int:
+        """How many tracking blocks were written since the last snapshot was taken."""
+        return self._tracker.write_map().count(self._tracker.header.active)
+
     @property
     def reset_reason(self) -> str:
         """Why the current generation started."""

@@ -1,0 +1,75 @@
+"""The click group, the options every command shares, and the one place errors become exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from cbtbackup import __version__
+from cbtbackup.errors import CbtError
+
+F = TypeVar("F", bound=Callable[..., Any])
+EXIT_INTERNAL = 70
+EXIT_INTERRUPTED = 130
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="cbtbackup")
+def cli() -> None:
+    """Block-level incremental backups of volumes and disk images, with changed block tracking."""
+
+
+def repo_option(f: F) -> F:
+    return click.option(
+        "-r", "--repo", envvar="CBTBACKUP_REPO", required=True, metavar="REPO",
+        help="Repository: a directory (or set CBTBACKUP_REPO).",
+    )(f)
+
+
+def json_option(f: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")(f)
+
+
+def emit(as_json: bool, payload: dict[str, Any], lines: list[str]) -> None:
+    """Print the result: human lines, or the JSON object as the last line of stdout."""
+    if as_json:
+        click.echo(json.dumps(payload, sort_keys=True))
+    else:
+        for line in lines:
+            click.echo(line)
+
+
+def fail(message: str, code: int) -> int:
+    click.echo(f"cbtbackup: error: {message}", err=True)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run a command and map every error to one line on stderr and an exit code."""
+    from cbtbackup.cli import commands  # noqa: F401 - registers the commands on the group
+
+    try:
+        cli.main(args=argv, prog_name="cbtbackup", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.ClickException as e:
+        return fail(e.format_message(), 2)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        return fail("interrupted", EXIT_INTERRUPTED)
+    except CbtError as e:
+        return fail(str(e), e.exit_code)
+    except Exception as e:  # a bug: still one line, with the traceback on request
+        if os.environ.get("CBTBACKUP_DEBUG"):
+            traceback.print_exc()
+        return fail(f"internal error: {type(e).__name__}: {e} (set CBTBACKUP_DEBUG=1 for details)", EXIT_INTERNAL)
+    return 0
+
+
+def run() -> None:
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""The one small interface every provider offers the backup pipeline.
+
+A provider opens a source and takes a snapshot of it, handing back a :class:`SnapshotSession`: a reader
+of the snapshot image and, where the source is tracked, the CBT state at the take. Closing the session
+destroys the snapshot — the pipeline does that on every path, success, error or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from types import TracebackType
+from typing import Protocol, Self
+
+from cbtbackup.engine.cbt import CbtInfo
+
+
+class BlockReader(Protocol):
+    """Random reads of a fixed-size image."""
+
+    @property
+    def size(self) -> int: ...
+
+    def read(self, offset: int, length: int) -> bytes: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class CbtState:
+    """CBTINFO and the CBT map as they were at the take."""
+
+    info: CbtInfo
+    map: bytes
+
+
+class SnapshotSession(abc.ABC):
+    """One taken snapshot of one source; closing it destroys the snapshot."""
+
+    source: str  # a stable identity of the source: its absolute path
+    provider: str  # "userspace", "blksnap" or "scan"
+    image: BlockReader
+    cbt: CbtState | None  # None where nothing tracks changes
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class Provider(Protocol):
+    name: str
+
+    def open_snapshot(self) -> SnapshotSession:
+        """Take a snapshot of the source now."""
+        ...

@@ -1,0 +1,1 @@
+"""Plain data shared by every layer: extent maps and sizes (standard library and blake3 only)."""

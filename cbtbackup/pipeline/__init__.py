@@ -1,0 +1,1 @@
+"""The pipelines that connect providers to repositories: backup, restore, verify. All concurrency lives here."""

@@ -1,0 +1,247 @@
+"""The backup pipeline: snapshot → plan extents → read → BLAKE3 + zstd (pool) → store (pool) → manifest.
+
+The main thread reads extents in order from the snapshot image; a pool hashes, compresses and stores
+them with a bounded number of bytes in flight. Chunks already in the chain are not even looked up; other
+chunks are looked up once (an interrupted earlier run may have stored them) and put if missing. The
+manifest is written last, after the chunks are durable, and the snapshot is destroyed on every path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+from cbtbackup.engine.cbt import changed_runs, plan_incremental
+from cbtbackup.engine.providers import SnapshotSession, choose_provider
+from cbtbackup.errors import UsageError
+from cbtbackup.model.extent_map import ZERO_DIGEST, ExtentMap, overlay
+from cbtbackup.pipeline.plan import Extent, aligned_extents, cbt_extents
+from cbtbackup.pipeline.progress import NullProgress, Progress
+from cbtbackup.pipeline.workers import BoundedSubmitter, PipelineConfig
+from cbtbackup.repo.chunk_codec import digest_of
+from cbtbackup.repo.manifest import BackupRef, BackupStats, Manifest, check_name
+from cbtbackup.repo.repository import Repository
+
+
+class SourceSizeChangedError(UsageError):
+    """``incr`` found the source at another size than its previous backup."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BackupOptions:
+    source: str
+    kind: Literal["full", "incr"]
+    name: str | None = None
+    provider: str = "auto"
+    state_dir: str | None = None
+
+
+@dataclasses.dataclass
+class BackupResult:
+    manifest: Manifest
+    notes: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        m, s = self.manifest, self.manifest.stats
+        return {
+            "id": m.ref.id,
+            "name": m.ref.name,
+            "kind": m.kind,
+            "method": m.method,
+            "parent": m.parent.id if m.parent else None,
+            "provider": m.provider,
+            "device_size": m.device_size,
+            **dataclasses.asdict(s),
+            "throughput_mib_s": round(s.bytes_scanned / (1 << 20) / s.duration_s, 1) if s.duration_s else None,
+            "notes": self.notes,
+        }
+
+
+def default_name(source: str) -> str:
+    """A chain name from the source's file name: ``/srv/vm/disk.img`` → ``disk.img``."""
+    base = Path(source).name or "volume"
+    return check_name(re.sub(r"[^A-Za-z0-9._-]", "_", base).lstrip("._-") or "volume")
+
+
+def run_backup(
+    repo: Repository,
+    options: BackupOptions,
+    progress: Progress | None = None,
+    config: PipelineConfig | None = None,
+) -> BackupResult:
+    progress = progress or NullProgress()
+    config = config or PipelineConfig()
+    started = time.monotonic()
+    name = check_name(options.name) if options.name else default_name(options.source)
+    provider = choose_provider(options.source, options.provider, state_dir=options.state_dir)
+    parent = repo.latest(name) if options.kind == "incr" else None
+    notes: list[str] = []
+
+    def note(message: str) -> None:
+        notes.append(message)
+        progress.notice(message)
+
+    if options.kind == "incr" and parent is None:
+        note(f"no previous backup named {name!r}: taking a full backup")
+
+    with provider.open_snapshot() as session:
+        size = session.image.size
+        prev_manifest, prev_map = repo.resolve(parent) if parent else (None, None)
+        if prev_manifest is not None and prev_manifest.device_size != size:
+            raise SourceSizeChangedError(
+                f"{options.source} is {size} bytes but its previous backup {prev_manifest.ref.id} was "
+                f"{prev_manifest.device_size}; run a full backup"
+            )
+        method, extents, total, expected = _plan(session, prev_manifest, prev_map, repo.config.chunk_size, note)
+        progress.start(total, f"{'full' if prev_map is None else 'incr'} {name}")
+        writer = _ChunkWriter(repo, known=_digests(prev_map) if prev_map is not None else set())
+        own = _run_chunks(session, extents, expected, writer, progress, config, repo)
+        progress.finish()
+        resolved = own if prev_map is None else overlay(own, prev_map)
+        writer.stats.duration_s = round(time.monotonic() - started, 3)
+        manifest = Manifest(
+            ref=BackupRef.new(name),
+            kind="full" if prev_map is None else "incr",
+            method=method,
+            parent=parent if prev_map is not None else None,
+            created=time.time(),
+            source=session.source,
+            provider=session.provider,
+            device_size=size,
+            chunk_size=repo.config.chunk_size,
+            map_digest=resolved.map_digest(),
+            extents=own,
+            cbt=session.cbt.info.checkpoint() if session.cbt else None,
+            stats=writer.stats,
+        )
+        repo.save_manifest(manifest)
+    return BackupResult(manifest, notes)
+
+
+def _plan(
+    session: SnapshotSession,
+    prev: Manifest | None,
+    prev_map: ExtentMap | None,
+    chunk_size: int,
+    note: Any,
+) -> tuple[str, Iterator[Extent], int, _Expectations | None]:
+    """Method, extents to read, bytes to read, and what a scan compares against."""
+    size = session.image.size
+    if prev is None or prev_map is None:
+        return "full", aligned_extents(size, chunk_size), size, None
+    if session.cbt is not None:
+        if prev.source != session.source:
+            decision_ok, reason = False, f"the previous backup was of {prev.source}"
+        else:
+            decision = plan_incremental(prev.cbt, session.cbt.info)
+            decision_ok, reason = decision.use_cbt, decision.reason
+        if decision_ok and prev.cbt is not None:
+            info = session.cbt.info
+            runs = list(changed_runs(session.cbt.map, prev.cbt.changes_number))
+            total = sum(min(size, (f + n) * info.block_size) - f * info.block_size for f, n in runs)
+            return "cbt", cbt_extents(runs, info.block_size, size, chunk_size), total, None
+        note(f"scan incremental: {reason}")
+    return "scan", aligned_extents(size, chunk_size), size, _Expectations(prev_map)
+
+
+def _digests(m: ExtentMap) -> set[bytes]:
+    return {m.digest_at(i) for i in range(len(m))} - {ZERO_DIGEST}
+
+
+class _Expectations:
+    """For a scan: the digest an extent had in the previous backup, when one whole chunk held it."""
+
+    def __init__(self, prev: ExtentMap) -> None:
+        self._prev = prev
+        self._i = 0
+
+    def expected(self, offset: int, length: int) -> bytes | None:
+        m, end = self._prev, offset + length
+        while self._i < len(m) and m[self._i].end <= offset:
+            self._i += 1
+        i, all_zero = self._i, True
+        while i < len(m) and m[i].offset < end:
+            piece = m[i]
+            if piece.offset == offset and piece.length == length and piece.chunk_offset == 0:
+                return piece.digest
+            all_zero = all_zero and piece.is_zero
+            i += 1
+        return ZERO_DIGEST if all_zero and i > self._i else None
+
+
+class _ChunkWriter:
+    """Stores chunks once: known ones are skipped, others looked up once and put if missing."""
+
+    def __init__(self, repo: Repository, known: set[bytes]) -> None:
+        self._repo = repo
+        self._seen = known
+        self._lock = threading.Lock()
+        self.stats = BackupStats()
+
+    def store(self, digest: bytes, data: bytes) -> None:
+        with self._lock:
+            fresh = digest not in self._seen
+            self._seen.add(digest)
+        if fresh and not self._repo.has_chunk(digest):
+            obj = self._repo.codec.encode(data, digest)
+            self._repo.put_chunk_object(digest, obj)
+            with self._lock:
+                self.stats.chunks_new += 1
+                self.stats.bytes_stored += len(obj)
+        else:
+            with self._lock:
+                self.stats.chunks_reused += 1
+
+
+_zeros: dict[int, bytes] = {}
+
+
+def _is_zero(data: bytes) -> bool:
+    zeros = _zeros.get(len(data))
+    if zeros is None:
+        zeros = _zeros[len(data)] = bytes(len(data))
+    return data == zeros
+
+
+def _run_chunks(
+    session: SnapshotSession,
+    extents: Iterator[Extent],
+    expectations: _Expectations | None,
+    writer: _ChunkWriter,
+    progress: Progress,
+    config: PipelineConfig,
+    repo: Repository,
+) -> ExtentMap:
+    results: dict[int, tuple[int, int, bytes]] = {}
+
+    def process(seq: int, offset: int, data: bytes, expected: bytes | None) -> None:
+        digest = ZERO_DIGEST if _is_zero(data) else digest_of(data)
+        if digest != expected:
+            if digest != ZERO_DIGEST:
+                writer.store(digest, data)
+            results[seq] = (offset, len(data), digest)
+            with writer._lock:
+                writer.stats.bytes_changed += len(data)
+        progress.advance(len(data))
+
+    workers = config.worker_count(repo.store.capabilities().parallelism)
+    executor = config.make_executor(workers)
+    submitter = BoundedSubmitter(executor, config.max_inflight_bytes)
+    try:
+        for seq, (offset, length) in enumerate(extents):
+            data = session.image.read(offset, length)
+            writer.stats.bytes_scanned += length
+            expected = expectations.expected(offset, length) if expectations else None
+            submitter.submit(length, process, seq, offset, data, expected)
+        submitter.drain()
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+    own = ExtentMap()
+    for seq in sorted(results):
+        own.append(*results[seq])
+    return own

@@ -1,0 +1,33 @@
+"""Which extents a backup reads.
+
+A full cuts the image into extents of the chunk size, aligned. A CBT incremental reads only the changed
+runs, at tracking-block granularity, cut at chunk-size boundaries (so an extent never exceeds a chunk, and a
+run that covers a whole aligned chunk yields the same chunk a full would, which deduplicates).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+Extent = tuple[int, int]  # (offset, length)
+
+
+def aligned_extents(size: int, chunk_size: int) -> Iterator[Extent]:
+    for offset in range(0, size, chunk_size):
+        yield offset, min(chunk_size, size - offset)
+
+
+def split_at_chunks(start: int, end: int, chunk_size: int) -> Iterator[Extent]:
+    """[start, end) cut at multiples of ``chunk_size``."""
+    while start < end:
+        cut = min(end, (start // chunk_size + 1) * chunk_size)
+        yield start, cut - start
+        start = cut
+
+
+def cbt_extents(runs: Iterable[tuple[int, int]], block_size: int, size: int, chunk_size: int) -> Iterator[Extent]:
+    """Byte extents for changed block runs ``(first_block, count)``, clipped to the device size."""
+    for first, count in runs:
+        start = first * block_size
+        end = min(size, (first + count) * block_size)
+        yield from split_at_chunks(start, end, chunk_size)

@@ -1,0 +1,57 @@
+"""The repository's ``config`` object: the format version and the settings fixed at ``init``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+import uuid
+
+from cbtbackup.errors import CorruptDataError, UsageError
+from cbtbackup.repo.chunk_codec import parse_compression
+
+FORMAT_NAME = "cbtbackup-repository"
+FORMAT_VERSION = 1
+MIN_CHUNK, MAX_CHUNK = 64 << 10, 16 << 20
+
+
+class UnsupportedVersionError(UsageError):
+    """The repository was written by a newer cbtbackup."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RepositoryConfig:
+    chunk_size: int = 1 << 20
+    compression: str = "zstd:3"
+    id: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex)
+    created: float = dataclasses.field(default_factory=time.time)
+    version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        cs = self.chunk_size
+        if cs < MIN_CHUNK or cs > MAX_CHUNK or cs & (cs - 1):
+            raise UsageError(f"chunk size {cs} is not a power of two from 64 KiB to 16 MiB")
+        parse_compression(self.compression)
+
+    def to_bytes(self) -> bytes:
+        fields = {"format": FORMAT_NAME, **dataclasses.asdict(self)}
+        return json.dumps(fields, indent=2).encode() + b"\n"
+
+    @classmethod
+    def from_bytes(cls, raw: bytes, where: str) -> RepositoryConfig:
+        try:
+            fields = json.loads(raw)
+            if not isinstance(fields, dict) or fields.pop("format", None) != FORMAT_NAME:
+                raise ValueError("not a cbtbackup config")
+        except ValueError:
+            raise CorruptDataError(f"{where} is not a cbtbackup repository (its config is not ours)") from None
+        version = fields.get("version")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise UnsupportedVersionError(
+                f"{where} has repository format version {version}; this cbtbackup reads up to {FORMAT_VERSION}"
+                " — upgrade cbtbackup"
+            )
+        try:
+            return cls(**fields)
+        except TypeError as e:
+            raise CorruptDataError(f"{where}: config is malformed ({e})") from None

@@ -1,0 +1,113 @@
+"""A store in a local directory: one file per object, written to a temporary name and renamed.
+
+Puts are atomic (rename) but not synced one by one: :meth:`LocalStore.sync` flushes the whole file
+system once (``syncfs``), which is what the repository calls before it writes a manifest.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+from cbtbackup.errors import NotFoundError, StorageError
+from cbtbackup.repo.store import ObjectInfo, Store, StoreCapabilities
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+TMP_MARK = ".tmp-"
+
+
+def _syncfs(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if _libc.syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise StorageError(f"sync of {path} failed: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+class LocalStore(Store):
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    def _path(self, key: str) -> Path:
+        if not key or key.startswith("/") or ".." in key.split("/"):
+            raise StorageError(f"invalid object key {key!r}")
+        return self.root / key
+
+    def put(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        tmp = path.with_name(f"{TMP_MARK}{path.name}.{secrets.token_hex(4)}")
+        try:
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            except FileNotFoundError:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise StorageError(f"cannot write {path}: {e.strerror}") from e
+
+    def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        path = self._path(key)
+        try:
+            with open(path, "rb") as f:
+                if offset:
+                    f.seek(offset)
+                return f.read() if length is None else f.read(length)
+        except FileNotFoundError:
+            raise NotFoundError(f"{key}: no such object in {self.root}") from None
+        except OSError as e:
+            raise StorageError(f"cannot read {path}: {e.strerror}") from e
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        try:
+            return ObjectInfo(key, self._path(key).stat().st_size)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise StorageError(f"cannot stat {key}: {e.strerror}") from e
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        found: list[ObjectInfo] = []
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            rel = os.path.relpath(dirpath, self.root)
+            base = "" if rel == "." else rel + "/"
+            # Only descend where keys with the prefix can be.
+            dirnames[:] = [d for d in dirnames if (base + d + "/").startswith(prefix) or prefix.startswith(base + d)]
+            for name in filenames:
+                key = base + name
+                if key.startswith(prefix) and not name.startswith(TMP_MARK):
+                    try:
+                        found.append(ObjectInfo(key, os.stat(os.path.join(dirpath, name)).st_size))
+                    except FileNotFoundError:
+                        continue
+        return iter(sorted(found, key=lambda o: o.key))
+
+    def delete(self, key: str) -> None:
+        try:
+            self._path(key).unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise StorageError(f"cannot delete {key}: {e.strerror}") from e
+
+    def sync(self) -> None:
+        if self.root.is_dir():
+            _syncfs(self.root)
+
+    def capabilities(self) -> StoreCapabilities:
+        return StoreCapabilities(parallelism=max(4, (os.cpu_count() or 2) * 2), description=f"directory {self.root}")
+
+

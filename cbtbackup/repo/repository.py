@@ -1,0 +1,166 @@
+"""A repository on top of any :class:`Store`: config, content-addressed chunks and chained manifests.
+
+Keys (docs/format.md):
+
+- ``config`` — JSON, the format version and the settings fixed at init;
+- ``chunks/<first two hex digits>/<BLAKE3 hex>`` — chunk objects (:mod:`.chunk_codec`);
+- ``backups/<name>/<stamp>_<id>`` — manifests (:mod:`.manifest`), one per backup, written last.
+
+The commit rule: every chunk a manifest names is put and synced before the manifest is put, so a
+manifest that can be listed is whole. Everything here is shared by every backend.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from cbtbackup.errors import CorruptDataError, NotFoundError, UsageError
+from cbtbackup.model.extent_map import ExtentMap, overlay
+from cbtbackup.repo.chunk_codec import ChunkCodec
+from cbtbackup.repo.config import RepositoryConfig
+from cbtbackup.repo.manifest import BACKUPS_PREFIX, BackupRef, Manifest
+from cbtbackup.repo.store import Store
+
+CONFIG_KEY = "config"
+CHUNKS_PREFIX = "chunks/"
+
+
+class AmbiguousBackupError(UsageError):
+    """An id prefix matches several backups."""
+
+
+class Repository:
+    def __init__(self, store: Store, config: RepositoryConfig, location: str) -> None:
+        self.store = store
+        self.config = config
+        self.location = location
+        self.codec = ChunkCodec(config.compression)
+        self._manifests: dict[str, Manifest] = {}
+        self._lock = threading.Lock()
+
+    # -- opening -------------------------------------------------------------------------------------------
+
+    @classmethod
+    def init(cls, store: Store, location: str, config: RepositoryConfig) -> Repository:
+        if store.stat(CONFIG_KEY) is not None:
+            raise UsageError(f"{location} is a repository already")
+        if next(iter(store.list("")), None) is not None:
+            raise UsageError(f"{location} is not empty; a new repository needs an empty place")
+        store.put(CONFIG_KEY, config.to_bytes())
+        store.sync()
+        return cls(store, config, location)
+
+    @classmethod
+    def open(cls, store: Store, location: str) -> Repository:
+        try:
+            raw = store.get(CONFIG_KEY)
+        except NotFoundError:
+            raise NotFoundError(f"{location} is not a cbtbackup repository (no config); create one with init") from None
+        return cls(store, RepositoryConfig.from_bytes(raw, location), location)
+
+    def close(self) -> None:
+        self.store.close()
+
+    # -- chunks --------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def chunk_key(digest: bytes) -> str:
+        h = digest.hex()
+        return f"{CHUNKS_PREFIX}{h[:2]}/{h}"
+
+    def has_chunk(self, digest: bytes) -> bool:
+        return self.store.stat(self.chunk_key(digest)) is not None
+
+    def put_chunk_object(self, digest: bytes, obj: bytes) -> None:
+        self.store.put(self.chunk_key(digest), obj)
+
+    def get_chunk(self, digest: bytes) -> bytes:
+        """The verified plaintext of a chunk; ``CorruptChunkError`` or ``NotFoundError`` otherwise."""
+        try:
+            raw = self.store.get(self.chunk_key(digest))
+        except NotFoundError:
+            raise NotFoundError(f"chunk {digest.hex()} is missing from {self.location}") from None
+        return self.codec.decode(raw, digest)
+
+    # -- manifests -----------------------------------------------------------------------------------------
+
+    def save_manifest(self, manifest: Manifest) -> None:
+        """Commit a backup: make its chunks durable, then put the manifest, then make that durable."""
+        self.store.sync()
+        self.store.put(manifest.ref.key, manifest.to_bytes())
+        self.store.sync()
+        with self._lock:
+            self._manifests[manifest.ref.key] = manifest
+
+    def load_manifest(self, ref: BackupRef) -> Manifest:
+        with self._lock:
+            cached = self._manifests.get(ref.key)
+        if cached is not None:
+            return cached
+        try:
+            raw = self.store.get(ref.key)
+        except NotFoundError:
+            raise CorruptDataError(f"backup {ref.id} ({ref.name}) is missing from {self.location}") from None
+        manifest = Manifest.from_bytes(raw, ref.key)
+        with self._lock:
+            self._manifests[ref.key] = manifest
+        return manifest
+
+    def list_backups(self, name: str | None = None) -> list[BackupRef]:
+        """Backups in (name, time) order, optionally of one name only."""
+        prefix = BACKUPS_PREFIX + (f"{name}/" if name else "")
+        refs = [r for o in self.store.list(prefix) if (r := BackupRef.from_key(o.key)) is not None]
+        return sorted(refs, key=lambda r: (r.name, r.stamp))
+
+    def latest(self, name: str) -> BackupRef | None:
+        refs = self.list_backups(name)
+        return refs[-1] if refs else None
+
+    def find(self, spec: str) -> BackupRef:
+        """A backup by id, unique id prefix, ``latest`` (one name only) or ``NAME@latest``."""
+        refs = self.list_backups()
+        if spec.endswith("@latest"):
+            name = spec[: -len("@latest")]
+            named = [r for r in refs if r.name == name]
+            if not named:
+                raise NotFoundError(f"no backups named {name!r} in {self.location}")
+            return named[-1]
+        if spec == "latest":
+            names = sorted({r.name for r in refs})
+            if not names:
+                raise NotFoundError(f"{self.location} holds no backups")
+            if len(names) > 1:
+                raise AmbiguousBackupError(
+                    f"'latest' is ambiguous: the repository holds {', '.join(names)}; say NAME@latest"
+                )
+            return refs[-1]
+        matches = [r for r in refs if r.id.startswith(spec)]
+        if not spec or not matches:
+            raise NotFoundError(f"no backup {spec!r} in {self.location}")
+        if len(matches) > 1:
+            raise AmbiguousBackupError(f"backup id prefix {spec!r} matches {len(matches)} backups; give more of it")
+        return matches[0]
+
+    def chain(self, ref: BackupRef) -> list[Manifest]:
+        """The manifests from ``ref`` back to its full backup, newest first."""
+        chain = [self.load_manifest(ref)]
+        while chain[-1].parent is not None:
+            if len(chain) > 100_000:
+                raise CorruptDataError(f"the chain of backup {ref.id} does not end in a full backup")
+            chain.append(self.load_manifest(chain[-1].parent))
+        if chain[-1].kind != "full":
+            raise CorruptDataError(f"the chain of backup {ref.id} does not end in a full backup")
+        return chain
+
+    def resolve(self, ref: BackupRef) -> tuple[Manifest, ExtentMap]:
+        """The manifest of ``ref`` and its resolved map (every byte of the image, newest piece first)."""
+        chain = self.chain(ref)
+        resolved = chain[0].extents
+        for older in chain[1:]:
+            resolved = overlay(resolved, older.extents)
+        top = chain[0]
+        if not resolved.covers(top.device_size) or resolved.map_digest() != top.map_digest:
+            raise CorruptDataError(
+                f"backup {ref.id}: the map resolved from its chain does not match the digest it was saved with"
+            )
+        return top, resolved

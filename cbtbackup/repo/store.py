@@ -1,0 +1,62 @@
+"""The storage interface every repository backend implements, and nothing more.
+
+A store maps string keys (``/``-separated, like ``chunks/ab/ab12...``) to immutable byte objects. It is
+synchronous; the pipelines decide how many calls run at once from :class:`StoreCapabilities`. Retries,
+bandwidth limits and fault injection wrap a store; they do not live inside one. Backends translate their
+own errors into :mod:`cbtbackup.errors` at this boundary: ``NotFoundError`` for a missing key,
+``TransientStorageError`` for what may pass, ``StorageError`` for the rest.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Iterator
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreCapabilities:
+    """What a backend can take: how many calls in parallel, and a description for messages."""
+
+    parallelism: int
+    description: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+
+
+class Store(abc.ABC):
+    """Key-value object storage with atomic puts."""
+
+    @abc.abstractmethod
+    def put(self, key: str, data: bytes) -> None:
+        """Store ``data`` under ``key`` atomically: readers see the whole object or none."""
+
+    @abc.abstractmethod
+    def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        """Read an object, or ``length`` bytes of it from ``offset``; ``NotFoundError`` if missing."""
+
+    @abc.abstractmethod
+    def stat(self, key: str) -> ObjectInfo | None:
+        """Size of an object, or None if there is none under ``key``."""
+
+    @abc.abstractmethod
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Objects whose keys start with ``prefix``, in key order."""
+
+    @abc.abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove an object; removing a missing one is not an error."""
+
+    @abc.abstractmethod
+    def sync(self) -> None:
+        """Make every object put so far durable before returning."""
+
+    @abc.abstractmethod
+    def capabilities(self) -> StoreCapabilities: ...
+
+    def close(self) -> None:  # noqa: B027 - optional for backends with nothing to release
+        """Release connections and handles."""
