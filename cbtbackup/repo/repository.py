@@ -43,7 +43,12 @@ class Repository:
     @classmethod
     def init(cls, store: Store, location: str, config: RepositoryConfig) -> Repository:
         if store.stat(CONFIG_KEY) is not None:
-            raise UsageError(f"{location} is a repository already")
+            try:
+                RepositoryConfig.from_bytes(store.get(CONFIG_KEY), location)
+            except CorruptDataError:
+                pass  # somebody else's config: "not empty" below says it better
+            else:
+                raise UsageError(f"{location} is a repository already")
         if next(iter(store.list("")), None) is not None:
             raise UsageError(f"{location} is not empty; a new repository needs an empty place")
         store.put(CONFIG_KEY, config.to_bytes())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -51,7 +53,7 @@ def byte_owner(maps: list[ExtentMap]) -> list[tuple[int, int] | None]:
 def maps(draw: st.DrawFn) -> ExtentMap:
     cuts = sorted(set(draw(st.lists(st.integers(0, SIZE), max_size=12))))
     m = ExtentMap()
-    for a, b in zip(cuts, cuts[1:], strict=False):
+    for a, b in itertools.pairwise(cuts):
         if draw(st.booleans()):
             m.append(a, b - a, d(draw(st.integers(1, 255))), draw(st.integers(0, 50)))
     return m
