@@ -1,0 +1,187 @@
+"""cbtbackup against borg and restic on the same image, side by side in one run, cold page cache each time.
+
+For each tool, on its own copy of one base image of mixed content (a quarter random, a quarter zeros, half
+text-like): a full backup, then about 1 % of the image rewritten in scattered 64 KiB writes (through the
+engine for cbtbackup, plain writes for the others — the same bytes at the same places), an incremental
+backup, and a restore of the incremental. Reported: seconds, throughput, peak RSS of each run, and the
+ratios the goals are stated in.
+
+Needs root (to drop the page cache) and the Debian packages borgbackup and restic.
+Usage: python bench/backup_vs_borg_restic.py [--size-gib 2] [--dir DIR] [--tools cbtbackup,borg,restic] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cbtbackup.engine import TrackedVolume
+
+MiB = 1 << 20
+GiB = 1 << 30
+WRITE = 64 << 10
+
+
+def drop_caches() -> None:
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+def run(cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> tuple[float, int]:
+    """Seconds and peak RSS (KiB) of one command, from a cold page cache."""
+    drop_caches()
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, cwd=cwd,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        err = proc.stderr.read().decode() if proc.stderr else ""
+        raise SystemExit(f"{cmd[0]} failed ({proc.returncode}): {err.strip()[-500:]}")
+    return elapsed, usage.ru_maxrss
+
+
+def make_base(path: Path, size: int) -> None:
+    with open(path, "wb") as f:
+        for i in range(size // MiB):
+            kind = i % 4
+            if kind == 0:
+                f.write(os.urandom(MiB))
+            elif kind == 1:
+                f.write(bytes(MiB))
+            else:  # text-like: hex digits, about 2:1 compressible, unique per MiB
+                f.write(os.urandom(MiB // 2).hex().encode())
+
+
+def plan_writes(size: int, seed: int = 1) -> list[tuple[int, bytes]]:
+    rng = random.Random(seed)
+    count = size // 100 // WRITE
+    offsets = rng.sample(range(size // WRITE), count)
+    return [(o * WRITE, rng.randbytes(WRITE)) for o in sorted(offsets)]
+
+
+def cbtbackup_steps(work: Path, image: Path, writes: list[tuple[int, bytes]]) -> dict[str, tuple[float, int]]:
+    repo, out = work / "repo", work / "restored.img"
+    cb = [sys.executable, "-m", "cbtbackup"]
+    subprocess.run([*cb, "init", "-r", str(repo)], check=True, capture_output=True)
+    subprocess.run([*cb, "track", str(image)], check=True, capture_output=True)
+    results = {"full": run([*cb, "full", "-r", str(repo), str(image)])}
+    with TrackedVolume.open(image) as vol:
+        for offset, data in writes:
+            vol.write(offset, data)
+    results["incr"] = run([*cb, "incr", "-r", str(repo), str(image)])
+    results["restore"] = run([*cb, "restore", "-r", str(repo), "latest", str(out)])
+    check_same(out, image)
+    return results
+
+
+def borg_steps(work: Path, image: Path, writes: list[tuple[int, bytes]]) -> dict[str, tuple[float, int]]:
+    repo, out = work / "borg-repo", work / "extract"
+    env = {"BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK": "yes", "BORG_RELOCATED_REPO_ACCESS_IS_OK": "yes",
+           "BORG_BASE_DIR": str(work / "borg-home")}
+    subprocess.run(["borg", "init", "-e", "none", str(repo)], check=True, capture_output=True, env={**os.environ, **env})
+    create = ["borg", "create", "--chunker-params", "fixed,1048576", "-C", "zstd,3"]
+    results = {"full": run([*create, f"{repo}::full", image.name], env, cwd=image.parent)}
+    apply_plain(image, writes)
+    results["incr"] = run([*create, f"{repo}::incr", image.name], env, cwd=image.parent)
+    out.mkdir()
+    results["restore"] = run(["borg", "extract", f"{repo}::incr"], env, cwd=out)
+    check_same(out / image.name, image)
+    return results
+
+
+def restic_steps(work: Path, image: Path, writes: list[tuple[int, bytes]]) -> dict[str, tuple[float, int]]:
+    repo, out = work / "restic-repo", work / "restic-out"
+    env = {"RESTIC_PASSWORD": "bench", "RESTIC_CACHE_DIR": str(work / "restic-cache")}
+    subprocess.run(["restic", "init", "--repo", str(repo)], check=True, capture_output=True,
+                   env={**os.environ, **env})
+    backup = ["restic", "--repo", str(repo), "backup", "--compression", "auto", image.name]
+    results = {"full": run(backup, env, cwd=image.parent)}
+    apply_plain(image, writes)
+    results["incr"] = run(backup, env, cwd=image.parent)
+    results["restore"] = run(["restic", "--repo", str(repo), "restore", "latest", "--target", str(out)], env)
+    check_same(next(out.rglob(image.name)), image)
+    return results
+
+
+def apply_plain(image: Path, writes: list[tuple[int, bytes]]) -> None:
+    fd = os.open(image, os.O_WRONLY)
+    try:
+        for offset, data in writes:
+            os.pwrite(fd, data, offset)
+    finally:
+        os.close(fd)
+
+
+def check_same(a: Path, b: Path) -> None:
+    if subprocess.run(["cmp", "-s", str(a), str(b)]).returncode != 0:
+        raise SystemExit(f"restore of {b.name} differs: {a}")
+
+
+TOOLS: dict[str, Callable[[Path, Path, list[tuple[int, bytes]]], dict[str, tuple[float, int]]]] = {
+    "cbtbackup": cbtbackup_steps,
+    "borg": borg_steps,
+    "restic": restic_steps,
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size-gib", type=float, default=2)
+    parser.add_argument("--dir", type=Path, default=None)
+    parser.add_argument("--tools", default="cbtbackup,borg,restic")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    size = int(args.size_gib * GiB) // MiB * MiB
+    tools = [t for t in args.tools.split(",") if t]
+    report: dict[str, Any] = {"size_bytes": size, "results": {}}
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        base = Path(tmp) / "base.img"
+        make_base(base, size)
+        writes = plan_writes(size)
+        for tool in tools:
+            work = Path(tmp) / tool
+            work.mkdir()
+            image = work / "disk.img"
+            shutil.copyfile(base, image)
+            steps = TOOLS[tool](work, image, writes)
+            report["results"][tool] = {
+                step: {"seconds": round(t, 3), "mib_per_s": round(size / MiB / t, 1), "peak_rss_mib": round(rss / 1024, 1)}
+                for step, (t, rss) in steps.items()
+            }
+            shutil.rmtree(work)
+    res = report["results"]
+    if "cbtbackup" in res and "borg" in res:
+        cb, borg = res["cbtbackup"], res["borg"]
+        report["ratios_vs_borg"] = {
+            "full_throughput": round(borg["full"]["seconds"] / cb["full"]["seconds"], 2),
+            "incr_time": round(cb["incr"]["seconds"] / borg["incr"]["seconds"], 3),
+            "restore_throughput": round(borg["restore"]["seconds"] / cb["restore"]["seconds"], 2),
+        }
+    if args.json:
+        print(json.dumps(report))
+        return
+    print(f"image: {size / GiB:.1f} GiB, {len(writes)} scattered 64 KiB writes between full and incr")
+    for tool, steps_ in res.items():
+        for step, r in steps_.items():
+            print(f"{tool:>9} {step:>7}: {r['seconds']:8.2f} s {r['mib_per_s']:8.1f} MiB/s  peak RSS {r['peak_rss_mib']:6.1f} MiB")
+    if "ratios_vs_borg" in report:
+        r = report["ratios_vs_borg"]
+        print(f"full throughput vs borg:    {r['full_throughput']:.2f}x (goal >= 1.5x)")
+        print(f"incr time vs borg:          {r['incr_time']:.1%} (goal <= 15% at 2 GiB, <= 10% at 8 GiB)")
+        print(f"restore throughput vs borg: {r['restore_throughput']:.2f}x (goal >= 1.5x)")
+
+
+if __name__ == "__main__":
+    main()
