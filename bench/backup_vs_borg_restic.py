@@ -90,7 +90,8 @@ def borg_steps(work: Path, image: Path, writes: list[tuple[int, bytes]]) -> dict
     repo, out = work / "borg-repo", work / "extract"
     env = {"BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK": "yes", "BORG_RELOCATED_REPO_ACCESS_IS_OK": "yes",
            "BORG_BASE_DIR": str(work / "borg-home")}
-    subprocess.run(["borg", "init", "-e", "none", str(repo)], check=True, capture_output=True, env={**os.environ, **env})
+    subprocess.run(["borg", "init", "-e", "none", str(repo)], check=True, capture_output=True,
+                   env={**os.environ, **env})
     create = ["borg", "create", "--chunker-params", "fixed,1048576", "-C", "zstd,3"]
     results = {"full": run([*create, f"{repo}::full", image.name], env, cwd=image.parent)}
     apply_plain(image, writes)
@@ -157,7 +158,8 @@ def main() -> None:
             shutil.copyfile(base, image)
             steps = TOOLS[tool](work, image, writes)
             report["results"][tool] = {
-                step: {"seconds": round(t, 3), "mib_per_s": round(size / MiB / t, 1), "peak_rss_mib": round(rss / 1024, 1)}
+                step: {"seconds": round(t, 3), "mib_per_s": round(size / MiB / t, 1),
+                       "peak_rss_mib": round(rss / 1024, 1)}
                 for step, (t, rss) in steps.items()
             }
             shutil.rmtree(work)
@@ -175,7 +177,8 @@ def main() -> None:
     print(f"image: {size / GiB:.1f} GiB, {len(writes)} scattered 64 KiB writes between full and incr")
     for tool, steps_ in res.items():
         for step, r in steps_.items():
-            print(f"{tool:>9} {step:>7}: {r['seconds']:8.2f} s {r['mib_per_s']:8.1f} MiB/s  peak RSS {r['peak_rss_mib']:6.1f} MiB")
+            print(f"{tool:>9} {step:>7}: {r['seconds']:8.2f} s {r['mib_per_s']:8.1f} MiB/s  "
+                  f"peak RSS {r['peak_rss_mib']:6.1f} MiB")
     if "ratios_vs_borg" in report:
         r = report["ratios_vs_borg"]
         print(f"full throughput vs borg:    {r['full_throughput']:.2f}x (goal >= 1.5x)")
