@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 import threading
 
@@ -18,8 +19,10 @@ class TqdmProgress:
     def start(self, total_bytes: int, description: str) -> None:
         from tqdm import tqdm
 
+        # A terminal that reports no size (a fresh pty) makes tqdm hide the bar: fall back to 80x24.
+        size = shutil.get_terminal_size()
         self._bar = tqdm(total=total_bytes, desc=description, unit="B", unit_scale=True, unit_divisor=1024,
-                         leave=False, file=sys.stderr)
+                         leave=False, file=sys.stderr, ncols=size.columns, nrows=size.lines)
 
     def advance(self, nbytes: int) -> None:
         with self._lock:
