@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
@@ -19,7 +20,37 @@ EXIT_INTERNAL = 70
 EXIT_INTERRUPTED = 130
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# Commands load on first use, so `cbtbackup --help` imports neither the engine nor the stores.
+# name -> (module, attribute, one-line help shown in the command list)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "init": ("cbtbackup.cli.commands.repository", "init", "Create a new, empty repository."),
+    "track": ("cbtbackup.cli.commands.tracking", "track", "Start change tracking of an image."),
+    "cbt": ("cbtbackup.cli.commands.tracking", "cbt", "Changed block tracking: cbt info."),
+    "full": ("cbtbackup.cli.commands.backup", "full", "Back up the whole of a source."),
+    "incr": ("cbtbackup.cli.commands.backup", "incr", "Back up what changed since the previous backup."),
+    "list": ("cbtbackup.cli.commands.repository", "list_backups", "List the backups in a repository."),
+    "restore": ("cbtbackup.cli.commands.restore", "restore", "Restore a backup to a file or block device."),
+    "verify": ("cbtbackup.cli.commands.repository", "verify", "Check every chunk backups need."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        module, attr, _ = COMMANDS[cmd_name]
+        command: click.Command = getattr(importlib.import_module(module), attr)
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, short) for name, (_, _, short) in COMMANDS.items()])
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="cbtbackup")
 def cli() -> None:
     """Block-level incremental backups of volumes and disk images, with changed block tracking."""
@@ -52,8 +83,6 @@ def fail(message: str, code: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run a command and map every error to one line on stderr and an exit code."""
-    from cbtbackup.cli import commands  # noqa: F401 - registers the commands on the group
-
     try:
         cli.main(args=argv, prog_name="cbtbackup", standalone_mode=False)
     except click.exceptions.Exit as e:

@@ -1,5 +1,1 @@
-"""One module per group of commands; importing this registers them all."""
-
-from cbtbackup.cli.commands import backup, repository, restore, tracking
-
-__all__ = ["backup", "repository", "restore", "tracking"]
+"""One module per group of commands; ``cbtbackup.cli.app.COMMANDS`` loads them by name on first use."""

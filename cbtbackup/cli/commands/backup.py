@@ -6,7 +6,7 @@ from typing import Literal
 
 import click
 
-from cbtbackup.cli.app import cli, emit, json_option, repo_option
+from cbtbackup.cli.app import emit, json_option, repo_option
 from cbtbackup.cli.progress_bar import make_progress
 from cbtbackup.engine.providers import PROVIDERS
 from cbtbackup.model.sizes import format_size
@@ -27,8 +27,8 @@ def _backup(repo: str, source: str, kind: Literal["full", "incr"], name: str | N
     ])
 
 
-def _backup_command(kind: Literal["full", "incr"], doc: str) -> None:
-    @cli.command(name=kind, help=doc)
+def _backup_command(kind: Literal["full", "incr"], doc: str) -> click.Command:
+    @click.command(name=kind, help=doc)
     @repo_option
     @click.argument("source")
     @click.option("--name", help="The backup chain's name (default: the source's file name).")
@@ -40,9 +40,11 @@ def _backup_command(kind: Literal["full", "incr"], doc: str) -> None:
                 as_json: bool) -> None:
         _backup(repo, source, kind, name, provider, state_dir, as_json)
 
+    return command
 
-_backup_command("full", "Back up the whole of SOURCE (an image file or block device).")
-_backup_command(
+
+full = _backup_command("full", "Back up the whole of SOURCE (an image file or block device).")
+incr = _backup_command(
     "incr",
     "Back up what changed in SOURCE since its previous backup: by CBT when it can be trusted, "
     "otherwise by a scan (or a full when there is no previous backup).",

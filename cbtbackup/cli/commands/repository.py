@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from cbtbackup.cli.app import cli, emit, json_option, repo_option
+from cbtbackup.cli.app import emit, json_option, repo_option
 from cbtbackup.cli.progress_bar import make_progress
 from cbtbackup.model.sizes import format_size, parse_size
 from cbtbackup.pipeline.integrity import run_verify
@@ -16,7 +16,7 @@ from cbtbackup.repo.location import open_repository, open_store
 from cbtbackup.repo.repository import Repository
 
 
-@cli.command()
+@click.command()
 @repo_option
 @click.option("--chunk-size", default="1MiB", show_default=True, help="A power of two from 64KiB to 16MiB.")
 @click.option("--compression", default="zstd:3", show_default=True, help="none, zstd or zstd:LEVEL (1-22).")
@@ -30,7 +30,7 @@ def init(repo: str, chunk_size: str, compression: str, as_json: bool) -> None:
          [f"created repository {repo} (chunk size {format_size(config.chunk_size)}, {config.compression})"])
 
 
-@cli.command(name="list")
+@click.command(name="list")
 @repo_option
 @click.option("--name", help="Only the backups of this source name.")
 @json_option
@@ -55,7 +55,7 @@ def list_backups(repo: str, name: str | None, as_json: bool) -> None:
     emit(as_json, {"backups": rows}, lines)
 
 
-@cli.command()
+@click.command()
 @repo_option
 @click.argument("backup", required=False)
 @json_option

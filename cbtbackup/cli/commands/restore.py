@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import click
 
-from cbtbackup.cli.app import cli, emit, json_option, repo_option
+from cbtbackup.cli.app import emit, json_option, repo_option
 from cbtbackup.cli.progress_bar import make_progress
 from cbtbackup.model.sizes import format_size
 from cbtbackup.pipeline.restore import RestoreOptions, run_restore
 from cbtbackup.repo.location import open_repository
 
 
-@cli.command()
+@click.command()
 @repo_option
 @click.argument("backup")
 @click.argument("target")

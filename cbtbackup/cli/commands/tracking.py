@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import click
 
-from cbtbackup.cli.app import cli, emit, json_option
+from cbtbackup.cli.app import emit, json_option
 from cbtbackup.engine import TrackedVolume
 from cbtbackup.model.sizes import format_size, parse_size
 
 
-@cli.command()
+@click.command()
 @click.argument("image")
 @click.option("--block-size", help="Tracking block size (default: 64KiB, larger for volumes over 128GiB).")
 @click.option("--state-dir", help="Where to keep the tracker state (default: IMAGE.cbt beside the image).")
@@ -26,7 +26,7 @@ def track(image: str, block_size: str | None, state_dir: str | None, durable: bo
          [f"tracking {image}: {info.block_count} blocks of {format_size(info.block_size)}, state in {state}"])
 
 
-@cli.group()
+@click.group()
 def cbt() -> None:
     """Changed block tracking."""
 
