@@ -8,7 +8,6 @@ when the process is killed between the two.
 from __future__ import annotations
 
 import os
-import stat
 import threading
 from pathlib import Path
 from types import TracebackType
@@ -23,9 +22,10 @@ from cbtbackup.engine.errors import (
     SnapshotBusyError,
 )
 from cbtbackup.engine.geometry import check_block_size, tracking_block_size
+from cbtbackup.engine.source_file import open_image_or_device
 from cbtbackup.engine.tracker import STATE_FILE, ChangeTracker, image_identity
 from cbtbackup.engine.tracker_state import StateDirLock
-from cbtbackup.errors import NotFoundError, StorageError, UsageError
+from cbtbackup.errors import StorageError, UsageError
 
 if TYPE_CHECKING:
     from cbtbackup.engine.snapshot import Snapshot
@@ -78,9 +78,8 @@ class TrackedVolume:
         ``durable`` syncs each newly marked map page before the data it describes, so the map stays
         trustworthy even after a power loss, at the cost of a sync on the first write to each block.
         """
-        p, sd, fd, st = _open_volume(path, state_dir)
+        p, sd, fd, st, capacity = _open_volume(path, state_dir)
         try:
-            capacity = _capacity(fd, st)
             if capacity == 0:
                 raise UsageError(f"{p} is empty: there is nothing to track")
             bs = check_block_size(block_size) if block_size is not None else tracking_block_size(capacity)
@@ -102,13 +101,13 @@ class TrackedVolume:
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, state_dir: str | os.PathLike[str] | None = None) -> TrackedVolume:
         """Reopen a tracked volume, applying the crash rules (which may start a new generation)."""
-        p, sd, fd, st = _open_volume(path, state_dir)
+        p, sd, fd, st, capacity = _open_volume(path, state_dir)
         try:
             if not (sd / STATE_FILE).is_file():
                 raise NotTrackedError(f"{p} is not tracked (no state in {sd}); start tracking it first")
             lock = StateDirLock(sd)
             try:
-                tracker = ChangeTracker.load(sd, _capacity(fd, st), image_identity(st))
+                tracker = ChangeTracker.load(sd, capacity, image_identity(st))
             except BaseException:
                 lock.release()
                 raise
@@ -236,23 +235,8 @@ class TrackedVolume:
 
 def _open_volume(
     path: str | os.PathLike[str], state_dir: str | os.PathLike[str] | None
-) -> tuple[Path, Path, int, os.stat_result]:
+) -> tuple[Path, Path, int, os.stat_result, int]:
     p = Path(path)
-    try:
-        fd = os.open(p, os.O_RDWR | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise NotFoundError(f"{p}: no such file or device") from None
-    except IsADirectoryError:
-        raise UsageError(f"{p} is a directory, not an image file or block device") from None
-    except OSError as e:
-        raise StorageError(f"cannot open {p}: {e.strerror}") from e
-    st = os.fstat(fd)
-    if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
-        os.close(fd)
-        raise UsageError(f"{p} is not an image file or block device")
+    fd, st, size = open_image_or_device(p, os.O_RDWR)
     sd = Path(state_dir) if state_dir is not None else default_state_dir(p)
-    return p, sd, fd, st
-
-
-def _capacity(fd: int, st: os.stat_result) -> int:
-    return st.st_size if stat.S_ISREG(st.st_mode) else os.lseek(fd, 0, os.SEEK_END)
+    return p, sd, fd, st, size

@@ -7,34 +7,19 @@ writes meanwhile (an unmounted device, a stopped VM's disk), or use a tracked so
 from __future__ import annotations
 
 import os
-import stat
 from pathlib import Path
 
 from cbtbackup.engine.errors import OutOfRangeError
 from cbtbackup.engine.providers.base import CbtState, SnapshotSession
-from cbtbackup.errors import NotFoundError, StorageError, UsageError
+from cbtbackup.engine.source_file import open_image_or_device
+from cbtbackup.errors import StorageError
 
 
 class FileReader:
     """Reads of a file or block device by offset."""
 
     def __init__(self, path: Path) -> None:
-        try:
-            self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise NotFoundError(f"{path}: no such file or device") from None
-        except IsADirectoryError:
-            raise UsageError(f"{path} is a directory, not an image file or block device") from None
-        except OSError as e:
-            raise StorageError(f"cannot open {path}: {e.strerror}") from e
-        st = os.fstat(self._fd)
-        if stat.S_ISREG(st.st_mode):
-            self.size = st.st_size
-        elif stat.S_ISBLK(st.st_mode):
-            self.size = os.lseek(self._fd, 0, os.SEEK_END)
-        else:
-            os.close(self._fd)
-            raise UsageError(f"{path} is not an image file or block device")
+        self._fd, _, self.size = open_image_or_device(path, os.O_RDONLY)
         self.path = path
 
     def read(self, offset: int, length: int) -> bytes:
