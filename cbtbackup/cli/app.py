@@ -57,9 +57,14 @@ def cli() -> None:
 
 
 def repo_option(f: F) -> F:
+    """``-r/--repo`` and ``--endpoint-url``: the command receives ``repo`` and ``endpoint_url``."""
+    f = click.option(
+        "--endpoint-url", envvar="CBTBACKUP_S3_ENDPOINT", metavar="URL",
+        help="S3-compatible endpoint (MinIO, Ceph RGW); or set CBTBACKUP_S3_ENDPOINT.",
+    )(f)
     return click.option(
         "-r", "--repo", envvar="CBTBACKUP_REPO", required=True, metavar="REPO",
-        help="Repository: a directory (or set CBTBACKUP_REPO).",
+        help="Repository: a directory or s3://BUCKET/PREFIX (or set CBTBACKUP_REPO).",
     )(f)
 
 

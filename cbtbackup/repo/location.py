@@ -1,21 +1,34 @@
-"""Turn a repository location (a directory path, later ``s3://``) into a :class:`Store`."""
+"""Turn a repository location — a directory path or ``s3://BUCKET/PREFIX`` — into a store and a repository."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from cbtbackup.errors import NotFoundError, UsageError
 from cbtbackup.repo.local_store import LocalStore
 from cbtbackup.repo.repository import Repository
+from cbtbackup.repo.retrying_store import RetryingStore
+from cbtbackup.repo.s3_store import S3Options, S3Store
 from cbtbackup.repo.store import Store
 
 
-def open_store(location: str, *, create: bool = False) -> Store:
+@dataclasses.dataclass(frozen=True)
+class StoreOptions:
+    """How to reach a repository; only S3 uses these."""
+
+    endpoint_url: str | None = None
+
+
+def open_store(location: str, options: StoreOptions | None = None, *, create: bool = False) -> Store:
     """The store at ``location``; ``create`` makes a missing local directory (for ``init``)."""
+    options = options or StoreOptions()
     if not location:
         raise UsageError("no repository given: use -r/--repo or set CBTBACKUP_REPO")
+    if location.startswith("s3://"):
+        return RetryingStore(S3Store(location, S3Options(endpoint_url=options.endpoint_url)))
     if "://" in location:
-        raise UsageError(f"unsupported repository URL {location!r}")
+        raise UsageError(f"unsupported repository URL {location!r} (a directory or s3://BUCKET/PREFIX)")
     path = Path(location)
     if path.exists() and not path.is_dir():
         raise UsageError(f"{location} is not a directory")
@@ -26,6 +39,6 @@ def open_store(location: str, *, create: bool = False) -> Store:
     return LocalStore(path)
 
 
-def open_repository(location: str) -> Repository:
+def open_repository(location: str, options: StoreOptions | None = None) -> Repository:
     """The repository at ``location``; a clear error if there is none or it is not ours."""
-    return Repository.open(open_store(location), location)
+    return Repository.open(open_store(location, options), location)

@@ -4,7 +4,10 @@ Keys (docs/format.md):
 
 - ``config`` — JSON, the format version and the settings fixed at init;
 - ``chunks/<first two hex digits>/<BLAKE3 hex>`` — chunk objects (:mod:`.chunk_codec`);
-- ``backups/<name>/<stamp>_<id>`` — manifests (:mod:`.manifest`), one per backup, written last.
+- ``backups/<name>/<stamp>_<id>`` — manifests (:mod:`.manifest`), one per backup, written last;
+- ``heads/<name>`` — the key of the newest backup of a chain: a hint that saves listing, written after
+  the manifest (if it is missing or stale the chain is listed; a stale head only makes the next
+  incremental start from an older, still valid, backup).
 
 The commit rule: every chunk a manifest names is put and synced before the manifest is put, so a
 manifest that can be listed is whole. Everything here is shared by every backend.
@@ -12,6 +15,7 @@ manifest that can be listed is whole. Everything here is shared by every backend
 
 from __future__ import annotations
 
+import json
 import threading
 
 from cbtbackup.errors import CorruptDataError, NotFoundError, UsageError
@@ -19,10 +23,12 @@ from cbtbackup.model.extent_map import ExtentMap, overlay
 from cbtbackup.repo.chunk_codec import ChunkCodec
 from cbtbackup.repo.config import RepositoryConfig
 from cbtbackup.repo.manifest import BACKUPS_PREFIX, BackupRef, Manifest
+from cbtbackup.repo.manifest_cache import ManifestCache, default_cache_root
 from cbtbackup.repo.store import Store
 
 CONFIG_KEY = "config"
 CHUNKS_PREFIX = "chunks/"
+HEADS_PREFIX = "heads/"
 
 
 class AmbiguousBackupError(UsageError):
@@ -30,13 +36,18 @@ class AmbiguousBackupError(UsageError):
 
 
 class Repository:
-    def __init__(self, store: Store, config: RepositoryConfig, location: str) -> None:
+    def __init__(
+        self, store: Store, config: RepositoryConfig, location: str, cache: ManifestCache | None = None
+    ) -> None:
         self.store = store
         self.config = config
         self.location = location
         self.codec = ChunkCodec(config.compression)
         self._manifests: dict[str, Manifest] = {}
         self._lock = threading.Lock()
+        if cache is None and store.capabilities().remote:
+            cache = ManifestCache(default_cache_root(), config.id)
+        self._cache = cache
 
     # -- opening -------------------------------------------------------------------------------------------
 
@@ -91,22 +102,37 @@ class Repository:
 
     def save_manifest(self, manifest: Manifest) -> None:
         """Commit a backup: make its chunks durable, then put the manifest, then make that durable."""
+        raw = manifest.to_bytes()
         self.store.sync()
-        self.store.put(manifest.ref.key, manifest.to_bytes())
+        self.store.put(manifest.ref.key, raw)
         self.store.sync()
         with self._lock:
             self._manifests[manifest.ref.key] = manifest
+        if self._cache is not None:
+            self._cache.put(manifest.ref.key, raw)
+        self.store.put(HEADS_PREFIX + manifest.ref.name, json.dumps({"key": manifest.ref.key}).encode())
 
     def load_manifest(self, ref: BackupRef) -> Manifest:
         with self._lock:
             cached = self._manifests.get(ref.key)
         if cached is not None:
             return cached
-        try:
-            raw = self.store.get(ref.key)
-        except NotFoundError:
-            raise CorruptDataError(f"backup {ref.id} ({ref.name}) is missing from {self.location}") from None
-        manifest = Manifest.from_bytes(raw, ref.key)
+        cache = self._cache
+        raw = cache.get(ref.key) if cache is not None else None
+        if raw is not None and cache is not None:
+            try:
+                manifest = Manifest.from_bytes(raw, ref.key)
+            except (CorruptDataError, ValueError):
+                cache.forget(ref.key)
+                raw = None
+        if raw is None:
+            try:
+                raw = self.store.get(ref.key)
+            except NotFoundError:
+                raise CorruptDataError(f"backup {ref.id} ({ref.name}) is missing from {self.location}") from None
+            manifest = Manifest.from_bytes(raw, ref.key)
+            if cache is not None:
+                cache.put(ref.key, raw)
         with self._lock:
             self._manifests[ref.key] = manifest
         return manifest
@@ -118,6 +144,18 @@ class Repository:
         return sorted(refs, key=lambda r: (r.name, r.stamp))
 
     def latest(self, name: str) -> BackupRef | None:
+        """The newest backup of a chain: from its head in one request, else by listing the chain."""
+        try:
+            head = json.loads(self.store.get(HEADS_PREFIX + name))
+            ref = BackupRef.from_key(str(head["key"]))
+        except (NotFoundError, ValueError, KeyError, TypeError):
+            ref = None
+        if ref is not None and ref.name == name:
+            try:
+                self.load_manifest(ref)
+                return ref
+            except CorruptDataError:
+                pass  # a head naming a missing or damaged manifest: list instead
         refs = self.list_backups(name)
         return refs[-1] if refs else None
 

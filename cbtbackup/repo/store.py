@@ -16,10 +16,11 @@ from collections.abc import Iterator
 
 @dataclasses.dataclass(frozen=True)
 class StoreCapabilities:
-    """What a backend can take: how many calls in parallel, and a description for messages."""
+    """What a backend can take: how many calls in parallel, whether it is far away, a description."""
 
     parallelism: int
     description: str
+    remote: bool = False  # reads cost a request: worth caching immutable objects locally
 
 
 @dataclasses.dataclass(frozen=True)

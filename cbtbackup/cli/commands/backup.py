@@ -11,13 +11,13 @@ from cbtbackup.cli.progress_bar import make_progress
 from cbtbackup.engine.providers import PROVIDERS
 from cbtbackup.model.sizes import format_size
 from cbtbackup.pipeline.backup import BackupOptions, run_backup
-from cbtbackup.repo.location import open_repository
+from cbtbackup.repo.location import StoreOptions, open_repository
 
 
-def _backup(repo: str, source: str, kind: Literal["full", "incr"], name: str | None, provider: str,
-            state_dir: str | None, as_json: bool) -> None:
+def _backup(repo: str, endpoint_url: str | None, source: str, kind: Literal["full", "incr"], name: str | None,
+            provider: str, state_dir: str | None, as_json: bool) -> None:
     options = BackupOptions(source=source, kind=kind, name=name, provider=provider, state_dir=state_dir)
-    result = run_backup(open_repository(repo), options, make_progress())
+    result = run_backup(open_repository(repo, StoreOptions(endpoint_url)), options, make_progress())
     m, s = result.manifest, result.manifest.stats
     emit(as_json, result.to_json(), [
         f"backup {m.ref.id} ({m.ref.name}): {m.kind} by {m.method}, "
@@ -36,9 +36,9 @@ def _backup_command(kind: Literal["full", "incr"], doc: str) -> click.Command:
                   help="userspace: a tracked image; scan: read everything; auto: userspace if tracked.")
     @click.option("--state-dir", help="Where the tracker keeps its state, if not beside the image.")
     @json_option
-    def command(repo: str, source: str, name: str | None, provider: str, state_dir: str | None,
-                as_json: bool) -> None:
-        _backup(repo, source, kind, name, provider, state_dir, as_json)
+    def command(repo: str, endpoint_url: str | None, source: str, name: str | None, provider: str,
+                state_dir: str | None, as_json: bool) -> None:
+        _backup(repo, endpoint_url, source, kind, name, provider, state_dir, as_json)
 
     return command
 

@@ -12,7 +12,7 @@ from cbtbackup.cli.progress_bar import make_progress
 from cbtbackup.model.sizes import format_size, parse_size
 from cbtbackup.pipeline.integrity import run_verify
 from cbtbackup.repo.config import RepositoryConfig
-from cbtbackup.repo.location import open_repository, open_store
+from cbtbackup.repo.location import StoreOptions, open_repository, open_store
 from cbtbackup.repo.repository import Repository
 
 
@@ -21,10 +21,10 @@ from cbtbackup.repo.repository import Repository
 @click.option("--chunk-size", default="1MiB", show_default=True, help="A power of two from 64KiB to 16MiB.")
 @click.option("--compression", default="zstd:3", show_default=True, help="none, zstd or zstd:LEVEL (1-22).")
 @json_option
-def init(repo: str, chunk_size: str, compression: str, as_json: bool) -> None:
+def init(repo: str, endpoint_url: str | None, chunk_size: str, compression: str, as_json: bool) -> None:
     """Create a new, empty repository."""
     config = RepositoryConfig(chunk_size=parse_size(chunk_size), compression=compression)
-    created = Repository.init(open_store(repo, create=True), repo, config)
+    created = Repository.init(open_store(repo, StoreOptions(endpoint_url), create=True), repo, config)
     emit(as_json, {"repository": repo, "id": created.config.id, "chunk_size": config.chunk_size,
                    "compression": config.compression, "version": config.version},
          [f"created repository {repo} (chunk size {format_size(config.chunk_size)}, {config.compression})"])
@@ -34,9 +34,9 @@ def init(repo: str, chunk_size: str, compression: str, as_json: bool) -> None:
 @repo_option
 @click.option("--name", help="Only the backups of this source name.")
 @json_option
-def list_backups(repo: str, name: str | None, as_json: bool) -> None:
+def list_backups(repo: str, endpoint_url: str | None, name: str | None, as_json: bool) -> None:
     """List backups: id, kind, parent, time, size and stored bytes."""
-    repository = open_repository(repo)
+    repository = open_repository(repo, StoreOptions(endpoint_url))
     rows: list[dict[str, Any]] = []
     for ref in repository.list_backups(name):
         m = repository.load_manifest(ref)
@@ -59,9 +59,9 @@ def list_backups(repo: str, name: str | None, as_json: bool) -> None:
 @repo_option
 @click.argument("backup", required=False)
 @json_option
-def verify(repo: str, backup: str | None, as_json: bool) -> None:
+def verify(repo: str, endpoint_url: str | None, backup: str | None, as_json: bool) -> None:
     """Read and check every chunk a backup (default: every backup) needs, writing nothing."""
-    result = run_verify(open_repository(repo), backup, make_progress())
+    result = run_verify(open_repository(repo, StoreOptions(endpoint_url)), backup, make_progress())
     emit(as_json, result.to_json(),
          [f"ok: {len(result.backups)} backup(s), {result.chunks_checked} chunks, "
           f"{format_size(result.bytes_checked)} checked"])

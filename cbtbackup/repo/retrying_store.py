@@ -1,0 +1,61 @@
+"""A wrapper that retries what a store reports as transient, with exponential backoff and jitter.
+
+botocore already retries single HTTP requests; this catches what it cannot (a body cut off half-way,
+a backend without retries of its own) and works the same around any store.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+from cbtbackup.errors import TransientStorageError
+from cbtbackup.repo.store import ObjectInfo, Store, StoreCapabilities
+
+T = TypeVar("T")
+
+
+class RetryingStore(Store):
+    def __init__(self, inner: Store, attempts: int = 4, base_delay: float = 0.2, max_delay: float = 5.0) -> None:
+        self.inner = inner
+        self.attempts = max(1, attempts)
+        self.base_delay = base_delay
+        self.max_delay = max_delay
+        self.retries = 0  # how many calls were repeated, for reports and tests
+
+    def _retry(self, fn: Callable[[], T]) -> T:
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return fn()
+            except TransientStorageError:
+                if attempt == self.attempts:
+                    raise
+                self.retries += 1
+                time.sleep(min(self.max_delay, self.base_delay * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0))
+        raise AssertionError("unreachable")
+
+    def put(self, key: str, data: bytes) -> None:
+        self._retry(lambda: self.inner.put(key, data))
+
+    def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        return self._retry(lambda: self.inner.get(key, offset, length))
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        return self._retry(lambda: self.inner.stat(key))
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        return self._retry(lambda: self.inner.list(prefix))
+
+    def delete(self, key: str) -> None:
+        self._retry(lambda: self.inner.delete(key))
+
+    def sync(self) -> None:
+        self._retry(self.inner.sync)
+
+    def capabilities(self) -> StoreCapabilities:
+        return self.inner.capabilities()
+
+    def close(self) -> None:
+        self.inner.close()

@@ -1,0 +1,171 @@
+"""A store in an S3 bucket (AWS or any S3-compatible service), on boto3.
+
+Keys live under a prefix: ``s3://bucket/backups/vm1`` keeps the repository's ``config`` at
+``backups/vm1/config``. Credentials, region and profile come from boto3's standard chain; an endpoint URL
+points at MinIO, Ceph RGW or a test server. botocore retries throttling, 5xx answers and connection errors
+in its ``standard`` mode; objects over the multipart threshold go up in parts. Errors are translated here
+into :mod:`cbtbackup.errors`, and no message ever carries a credential.
+
+boto3 is imported when the first S3 store is made, so commands that never touch S3 start fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from collections.abc import Iterator
+from typing import Any
+
+from cbtbackup.errors import NotFoundError, StorageError, TransientStorageError, UsageError
+from cbtbackup.repo.store import ObjectInfo, Store, StoreCapabilities
+
+MULTIPART_THRESHOLD = 64 << 20
+_NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
+_NO_BUCKET = {"NoSuchBucket"}
+_DENIED = {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
+           "InvalidToken", "AllAccessDisabled", "AccountProblem"}
+_TRANSIENT = {"500", "502", "503", "504", "InternalError", "ServiceUnavailable", "SlowDown", "Throttling",
+              "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed", "RequestLimitExceeded"}
+
+
+@dataclasses.dataclass(frozen=True)
+class S3Options:
+    """How to reach S3; everything else comes from boto3's configuration chain."""
+
+    endpoint_url: str | None = None
+    parallelism: int = 16
+    max_attempts: int = 5
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """``s3://bucket/some/prefix`` → ("bucket", "some/prefix/")."""
+    rest = url[len("s3://"):]
+    bucket, _, prefix = rest.partition("/")
+    if not bucket:
+        raise UsageError(f"{url!r} names no bucket (expected s3://BUCKET/PREFIX)")
+    prefix = prefix.strip("/")
+    return bucket, prefix + "/" if prefix else ""
+
+
+class S3Store(Store):
+    def __init__(self, url: str, options: S3Options | None = None) -> None:
+        import boto3
+        import botocore.config
+
+        self.url = url
+        self.options = options or S3Options()
+        self.bucket, self.prefix = parse_s3_url(url)
+        config = botocore.config.Config(
+            retries={"mode": "standard", "max_attempts": self.options.max_attempts},
+            max_pool_connections=self.options.parallelism,
+            connect_timeout=self.options.connect_timeout,
+            read_timeout=self.options.read_timeout,
+        )
+        try:
+            self._client = boto3.session.Session().client("s3", endpoint_url=self.options.endpoint_url,
+                                                          config=config)
+        except Exception as e:  # a malformed endpoint URL or region
+            raise UsageError(f"cannot set up S3 for {url}: {e}") from None
+
+    # -- the Store interface -------------------------------------------------------------------------------
+
+    def put(self, key: str, data: bytes) -> None:
+        if len(data) > MULTIPART_THRESHOLD:
+            from boto3.s3.transfer import TransferConfig
+
+            cfg = TransferConfig(multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_THRESHOLD,
+                                 max_concurrency=4)
+            self._call("write", key, self._client.upload_fileobj, io.BytesIO(data), self.bucket,
+                       self.prefix + key, Config=cfg)
+        else:
+            self._call("write", key, self._client.put_object, Bucket=self.bucket, Key=self.prefix + key, Body=data)
+
+    def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self.prefix + key}
+        if offset or length is not None:
+            if length == 0:
+                return b""
+            end = "" if length is None else str(offset + length - 1)
+            kwargs["Range"] = f"bytes={offset}-{end}"
+        response = self._call("read", key, self._client.get_object, **kwargs)
+        body = response["Body"]
+        try:
+            data: bytes = self._call("read", key, body.read)
+        finally:
+            body.close()
+        if "ContentLength" in response and len(data) != response["ContentLength"]:
+            raise TransientStorageError(f"read of {self._where(key)} ended early")
+        return data
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        try:
+            head = self._call("stat", key, self._client.head_object, Bucket=self.bucket, Key=self.prefix + key)
+        except NotFoundError:
+            return None
+        return ObjectInfo(key, int(head["ContentLength"]))
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        paginator = self._client.get_paginator("list_objects_v2")
+        pages = paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix)
+        found: list[ObjectInfo] = []
+        iterator = iter(pages)
+        while True:
+            page = self._call("list", prefix, next, iterator, None)
+            if page is None:
+                break
+            for item in page.get("Contents", []):
+                found.append(ObjectInfo(item["Key"][len(self.prefix):], int(item["Size"])))
+        return iter(sorted(found, key=lambda o: o.key))
+
+    def delete(self, key: str) -> None:
+        self._call("delete", key, self._client.delete_object, Bucket=self.bucket, Key=self.prefix + key)
+
+    def sync(self) -> None:
+        """Nothing to do: S3 acknowledges a PUT once the object is durable."""
+
+    def capabilities(self) -> StoreCapabilities:
+        where = f" at {self.options.endpoint_url}" if self.options.endpoint_url else ""
+        return StoreCapabilities(parallelism=self.options.parallelism, description=f"{self.url}{where}",
+                                 remote=True)
+
+    def close(self) -> None:
+        self._client.close()
+
+    # -- error translation ---------------------------------------------------------------------------------
+
+    def _where(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self.prefix}{key}"
+
+    def _call(self, action: str, key: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        import botocore.exceptions as bx
+
+        try:
+            return fn(*args, **kwargs)
+        except bx.ClientError as e:
+            code = str(e.response.get("Error", {}).get("Code", ""))
+            status = str(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+            if code in _NO_BUCKET:
+                raise NotFoundError(f"bucket {self.bucket!r} does not exist") from None
+            if code in _NOT_FOUND or status == "404":
+                raise NotFoundError(f"{self._where(key)}: no such object") from None
+            if code in _DENIED or status == "403":
+                raise StorageError(
+                    f"access denied to {self._where(key)} ({code or status}): check the credentials and the "
+                    "bucket policy"
+                ) from None
+            if code in _TRANSIENT or status.startswith("5"):
+                raise TransientStorageError(f"{action} of {self._where(key)} failed: {code or status}") from None
+            raise StorageError(f"{action} of {self._where(key)} failed: {code or status}") from None
+        except bx.NoCredentialsError:
+            raise StorageError("no AWS credentials found (environment, ~/.aws or instance profile)") from None
+        except (bx.EndpointConnectionError, bx.ConnectTimeoutError) as e:
+            raise TransientStorageError(f"cannot reach the S3 endpoint: {e}") from None
+        except (bx.ReadTimeoutError, bx.ResponseStreamingError, bx.IncompleteReadError,
+                bx.ConnectionClosedError) as e:
+            raise TransientStorageError(f"{action} of {self._where(key)} was cut off: {e}") from None
+        except bx.BotoCoreError as e:
+            raise StorageError(f"{action} of {self._where(key)} failed: {e}") from None
+        except (ConnectionError, TimeoutError) as e:
+            raise TransientStorageError(f"{action} of {self._where(key)} was cut off: {e}") from None
