@@ -1,12 +1,17 @@
-"""Fixtures shared by every test package: real image files with real content."""
+"""Fixtures shared by every test package: real image files, and the real command line run in-process."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from cbtbackup.cli import main
 
 MakeImage = Callable[..., Path]
 
@@ -28,3 +33,36 @@ def make_image(tmp_path: Path) -> MakeImage:
         return path
 
     return make
+
+
+@dataclasses.dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def json(self) -> dict[str, Any]:
+        parsed: dict[str, Any] = json.loads(self.out.strip().splitlines()[-1])
+        return parsed
+
+    def assert_one_line_error(self, code: int, *fragments: str) -> None:
+        assert self.code == code, (self.code, self.out, self.err)
+        lines = self.err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("cbtbackup: error: "), self.err
+        assert "Traceback" not in self.err
+        for fragment in fragments:
+            assert fragment in lines[0], lines[0]
+
+
+RunCli = Callable[..., CliResult]
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> RunCli:
+    def run(*args: object) -> CliResult:
+        code = main([os.fspath(a) if isinstance(a, Path) else str(a) for a in args])
+        out, err = capsys.readouterr()
+        return CliResult(code, out, err)
+
+    return run

@@ -34,7 +34,7 @@ class S3Options:
 
     endpoint_url: str | None = None
     parallelism: int = 16
-    max_attempts: int = 5
+    max_attempts: int = 4
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
 
@@ -161,7 +161,8 @@ class S3Store(Store):
         except bx.NoCredentialsError:
             raise StorageError("no AWS credentials found (environment, ~/.aws or instance profile)") from None
         except (bx.EndpointConnectionError, bx.ConnectTimeoutError) as e:
-            raise TransientStorageError(f"cannot reach the S3 endpoint: {e}") from None
+            # botocore has already retried the connection: trying more only makes the user wait.
+            raise StorageError(f"cannot reach the S3 endpoint: {e}") from None
         except (bx.ReadTimeoutError, bx.ResponseStreamingError, bx.IncompleteReadError,
                 bx.ConnectionClosedError) as e:
             raise TransientStorageError(f"{action} of {self._where(key)} was cut off: {e}") from None

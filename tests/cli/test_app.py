@@ -8,7 +8,7 @@ import sys
 import click
 
 from cbtbackup.cli.app import COMMANDS, cli
-from tests.cli.conftest import RunCli
+from tests.conftest import RunCli
 
 
 def test_every_listed_command_loads_under_its_name() -> None:

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.conftest import RunCli
-from tests.conftest import MakeImage
+from tests.conftest import MakeImage, RunCli
 
 MiB = 1 << 20
 

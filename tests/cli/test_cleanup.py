@@ -9,8 +9,7 @@ import time
 from pathlib import Path
 
 from cbtbackup.engine import TrackedVolume
-from tests.cli.conftest import RunCli
-from tests.conftest import MakeImage
+from tests.conftest import MakeImage, RunCli
 
 MiB = 1 << 20
 

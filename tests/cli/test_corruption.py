@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cbtbackup.engine import TrackedVolume
-from tests.cli.conftest import RunCli
-from tests.conftest import MakeImage
+from tests.conftest import MakeImage, RunCli
 
 MiB = 1 << 20
 

@@ -9,8 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.cli.conftest import RunCli
-from tests.conftest import MakeImage
+from tests.conftest import MakeImage, RunCli
 
 MiB = 1 << 20
 

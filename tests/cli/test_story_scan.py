@@ -5,8 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from tests.cli.conftest import RunCli
-from tests.conftest import MakeImage
+from tests.conftest import MakeImage, RunCli
 
 MiB = 1 << 20
 

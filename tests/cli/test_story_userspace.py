@@ -7,8 +7,7 @@ import random
 from pathlib import Path
 
 from cbtbackup.engine import TrackedVolume
-from tests.cli.conftest import RunCli
-from tests.conftest import MakeImage
+from tests.conftest import MakeImage, RunCli
 
 MiB = 1 << 20
 

@@ -1,20 +1,32 @@
-"""Every store backend the tests can run here, for the conformance suite."""
+"""Every store backend the tests can run here, for the conformance suite: local, and S3 under moto."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
 
+import boto3
 import pytest
+from moto import mock_aws
 
 from cbtbackup.repo.local_store import LocalStore
+from cbtbackup.repo.s3_store import S3Store
 from cbtbackup.repo.store import Store
 
 
-@pytest.fixture(params=["local"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+@pytest.fixture(params=["local", "s3"])
+def store(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Store]:
     if request.param == "local":
-        s: Store = LocalStore(tmp_path / "store")
         (tmp_path / "store").mkdir()
-    yield s
-    s.close()
+        s: Store = LocalStore(tmp_path / "store")
+        yield s
+        s.close()
+        return
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with mock_aws():
+        boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="conformance")
+        s = S3Store("s3://conformance/some/prefix")
+        yield s
+        s.close()

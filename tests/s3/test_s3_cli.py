@@ -1,0 +1,151 @@
+"""S3 repositories end to end through the CLI, against moto's server over real HTTP on loopback."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+from moto.core import enable_iam_authentication
+
+from cbtbackup.engine import TrackedVolume
+from tests.conftest import MakeImage, RunCli
+from tests.s3.conftest import free_port, s3_client
+from tests.s3.fault_proxy import FaultPolicy, FaultProxy
+
+MiB = 1 << 20
+
+
+def scribble(image: Path, rng: random.Random, writes: int = 12) -> None:
+    with TrackedVolume.open(image) as vol:
+        for _ in range(writes):
+            offset = rng.randrange(vol.size - 70_000)
+            vol.write(offset, rng.randbytes(rng.choice([100, 4096, 65536])))
+
+
+def test_full_incrementals_list_verify_restore(
+    cli: RunCli, make_image: MakeImage, tmp_path: Path, bucket: str, proxy: FaultProxy
+) -> None:
+    repo = f"s3://{bucket}/team/vm1"
+    ep = ("--endpoint-url", proxy.url)
+    assert cli("init", "-r", repo, *ep, "--chunk-size", "256KiB").code == 0
+    image = make_image(12 * MiB + 777)
+    cli("track", image)
+    rng = random.Random(3)
+    points = []
+    first = cli("full", "-r", repo, *ep, image, "--json")
+    assert first.code == 0, first.err
+    points.append((first.json["id"], image.read_bytes()))
+    for _ in range(3):
+        scribble(image, rng)
+        proxy.reset_counts()
+        inc = cli("incr", "-r", repo, *ep, image, "--json")
+        assert inc.code == 0, inc.err
+        assert inc.json["method"] == "cbt"
+        # Requests follow the changed data: a HEAD and a PUT per new chunk, the manifest, the head pointer,
+        # and a couple of reads to find the parent — never one per chunk of the image or per earlier backup.
+        new = inc.json["chunks_new"]
+        assert proxy.counts["PUT"] == new + 2
+        assert proxy.counts["HEAD"] == new
+        assert proxy.counts["GET"] <= 2
+        points.append((inc.json["id"], image.read_bytes()))
+    listing = cli("list", "-r", repo, *ep, "--json").json["backups"]
+    assert [b["id"] for b in listing] == [p[0] for p in points]
+    assert cli("verify", "-r", repo, *ep, "--json").json["ok"]
+    for i, (backup_id, expected) in enumerate(points):
+        out = tmp_path / f"r{i}.img"
+        result = cli("restore", "-r", repo, *ep, backup_id, out)
+        assert result.code == 0, result.err
+        assert out.read_bytes() == expected
+
+
+def test_endpoint_from_the_environment(
+    cli: RunCli, make_image: MakeImage, tmp_path: Path, bucket: str, moto_endpoint: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CBTBACKUP_S3_ENDPOINT", moto_endpoint)
+    monkeypatch.setenv("CBTBACKUP_REPO", f"s3://{bucket}")
+    image = make_image(2 * MiB)
+    assert cli("init").code == 0
+    assert cli("full", image).code == 0
+    assert cli("restore", "latest", tmp_path / "out").code == 0
+    assert (tmp_path / "out").read_bytes() == image.read_bytes()
+
+
+def test_init_refuses_a_prefix_that_holds_something_else(
+    cli: RunCli, bucket: str, moto_endpoint: str
+) -> None:
+    s3_client(moto_endpoint).put_object(Bucket=bucket, Key="photos/cat.jpg", Body=b"meow")
+    cli("init", "-r", f"s3://{bucket}/photos", "--endpoint-url", moto_endpoint).assert_one_line_error(2, "not empty")
+    assert cli("init", "-r", f"s3://{bucket}/backups", "--endpoint-url", moto_endpoint).code == 0
+    cli("init", "-r", f"s3://{bucket}/backups", "--endpoint-url", moto_endpoint).assert_one_line_error(
+        2, "repository already")
+
+
+def test_missing_bucket_wrong_credentials_unreachable_endpoint(
+    cli: RunCli, bucket: str, moto_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cli("init", "-r", "s3://no-such-bucket-here/x", "--endpoint-url", moto_endpoint).assert_one_line_error(
+        3, "bucket 'no-such-bucket-here' does not exist")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAWRONGWRONGWRONG1")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    with enable_iam_authentication():
+        result = cli("init", "-r", f"s3://{bucket}/x", "--endpoint-url", moto_endpoint)
+    result.assert_one_line_error(7, "access denied", "check the credentials")
+    assert "not-the-secret" not in result.err
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    dead = f"http://127.0.0.1:{free_port()}"
+    cli("list", "-r", f"s3://{bucket}/x", "--endpoint-url", dead).assert_one_line_error(7, "cannot reach")
+
+
+def test_flaky_endpoint_still_backs_up_and_restores_exactly(
+    cli: RunCli, make_image: MakeImage, tmp_path: Path, bucket: str, proxy: FaultProxy
+) -> None:
+    repo = f"s3://{bucket}/flaky"
+    ep = ("--endpoint-url", proxy.url)
+    assert cli("init", "-r", repo, *ep, "--chunk-size", "256KiB").code == 0
+    image = make_image(8 * MiB)
+    cli("track", image)
+    proxy.set_policy(FaultPolicy(fail_rate=0.15, slow_seconds=0.2, seed=11))
+    full = cli("full", "-r", repo, *ep, image, "--json")
+    assert full.code == 0, full.err
+    scribble(image, random.Random(5))
+    inc = cli("incr", "-r", repo, *ep, image, "--json")
+    assert inc.code == 0, inc.err
+    out = tmp_path / "out.img"
+    assert cli("restore", "-r", repo, *ep, "latest", out).code == 0
+    assert out.read_bytes() == image.read_bytes()
+    assert cli("verify", "-r", repo, *ep).code == 0
+    assert set(proxy.faults) == {"500", "503", "reset", "slow"}  # every kind of fault happened
+    assert sum(proxy.faults.values()) >= 20
+
+
+def test_permanent_failure_then_resume(
+    cli: RunCli, make_image: MakeImage, tmp_path: Path, bucket: str, proxy: FaultProxy
+) -> None:
+    repo = f"s3://{bucket}/perm"
+    ep = ("--endpoint-url", proxy.url)
+    assert cli("init", "-r", repo, *ep, "--chunk-size", "256KiB").code == 0
+    small = make_image(MiB)
+    earlier = cli("full", "-r", repo, *ep, small, "--json").json["id"]
+    big = make_image(8 * MiB)  # 32 chunks
+    proxy.reset_counts()
+    proxy.set_policy(FaultPolicy(deny_puts_after=10))
+    failed = cli("full", "-r", repo, *ep, big)
+    failed.assert_one_line_error(7, "access denied")
+    stored_before = sum(1 for p in proxy.put_paths if "/chunks/" in p)
+    assert stored_before == 10
+
+    proxy.set_policy(FaultPolicy())
+    assert [b["id"] for b in cli("list", "-r", repo, *ep, "--json").json["backups"]] == [earlier]
+    assert cli("verify", "-r", repo, *ep).code == 0
+    proxy.reset_counts()
+    rerun = cli("full", "-r", repo, *ep, big, "--json")
+    assert rerun.code == 0, rerun.err
+    chunk_puts = [p for p in proxy.put_paths if "/chunks/" in p]
+    assert len(chunk_puts) == 32 - stored_before  # nothing uploaded twice
+    assert rerun.json["chunks_reused"] == stored_before
+    out = tmp_path / "big.out"
+    assert cli("restore", "-r", repo, *ep, "disk2.img@latest", out).code == 0
+    assert out.read_bytes() == big.read_bytes()
