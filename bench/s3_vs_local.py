@@ -16,14 +16,13 @@ import random
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import boto3
 
@@ -98,10 +97,16 @@ def make_image(path: Path, size_mib: int) -> None:
 
 def story(repo: Repository, store: CountingStore, image: Path, work: Path, size: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    steps = [("full", lambda: run_backup(repo, BackupOptions(str(image), "full"))),
-             ("incr", lambda: run_backup(repo, BackupOptions(str(image), "incr"))),
-             ("restore", lambda: run_restore(repo, RestoreOptions("latest", str(work / "restored.img"))))]
-    for step, fn in steps:
+
+    def run_step(step: str) -> int:
+        """Run one step; return the bytes it moved."""
+        if step == "restore":
+            run_restore(repo, RestoreOptions("latest", str(work / "restored.img")))
+            return size
+        kind: Literal["full", "incr"] = "full" if step == "full" else "incr"
+        return run_backup(repo, BackupOptions(str(image), kind)).manifest.stats.bytes_scanned
+
+    for step in ("full", "incr", "restore"):
         if step == "incr":
             rng = random.Random(1)
             with TrackedVolume.open(image) as vol:
@@ -109,9 +114,8 @@ def story(repo: Repository, store: CountingStore, image: Path, work: Path, size:
                     vol.write(block * (64 << 10), rng.randbytes(64 << 10))
         store.calls.clear()
         start = time.perf_counter()
-        result = fn()
+        moved = run_step(step)
         seconds = time.perf_counter() - start
-        moved = result.manifest.stats.bytes_scanned if step != "restore" else size
         out[step] = {"seconds": round(seconds, 3), "mib_per_s": round(size / MiB / seconds, 1),
                      "requests": dict(store.calls),
                      "requests_per_gib_moved": round(sum(store.calls.values()) / max(moved, 1) * (1 << 30), 1)}
@@ -159,4 +163,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
