@@ -31,6 +31,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "list": ("cbtbackup.cli.commands.repository", "list_backups", "List the backups in a repository."),
     "restore": ("cbtbackup.cli.commands.restore", "restore", "Restore a backup to a file or block device."),
     "verify": ("cbtbackup.cli.commands.repository", "verify", "Check every chunk backups need."),
+    "attach": ("cbtbackup.cli.commands.attach", "attach", "Serve a tracked image as a file and loop device."),
+    "detach": ("cbtbackup.cli.commands.attach", "detach_command", "Stop serving an attached image."),
+    "status": ("cbtbackup.cli.commands.attach", "status_command", "Whether an image is attached, and its CBT."),
 }
 
 

@@ -39,6 +39,7 @@ class BackupOptions:
     name: str | None = None
     provider: str = "auto"
     state_dir: str | None = None
+    freeze: str | None = None  # a mounted file system to freeze around the take (attached volumes)
 
 
 @dataclasses.dataclass
@@ -77,8 +78,8 @@ def run_backup(
     progress = progress or NullProgress()
     config = config or PipelineConfig()
     started = time.monotonic()
-    name = check_name(options.name) if options.name else default_name(options.source)
-    provider = choose_provider(options.source, options.provider, state_dir=options.state_dir)
+    provider = choose_provider(options.source, options.provider, state_dir=options.state_dir, freeze=options.freeze)
+    name = check_name(options.name) if options.name else default_name(provider.source)
     parent = repo.latest(name) if options.kind == "incr" else None
     notes: list[str] = []
 

@@ -15,8 +15,9 @@ from cbtbackup.repo.location import StoreOptions, open_repository
 
 
 def _backup(repo: str, endpoint_url: str | None, source: str, kind: Literal["full", "incr"], name: str | None,
-            provider: str, state_dir: str | None, as_json: bool) -> None:
-    options = BackupOptions(source=source, kind=kind, name=name, provider=provider, state_dir=state_dir)
+            provider: str, state_dir: str | None, freeze: str | None, as_json: bool) -> None:
+    options = BackupOptions(source=source, kind=kind, name=name, provider=provider, state_dir=state_dir,
+                            freeze=freeze)
     result = run_backup(open_repository(repo, StoreOptions(endpoint_url)), options, make_progress())
     m, s = result.manifest, result.manifest.stats
     emit(as_json, result.to_json(), [
@@ -35,10 +36,12 @@ def _backup_command(kind: Literal["full", "incr"], doc: str) -> click.Command:
     @click.option("--provider", type=click.Choice(PROVIDERS), default="auto", show_default=True,
                   help="userspace: a tracked image; scan: read everything; auto: userspace if tracked.")
     @click.option("--state-dir", help="Where the tracker keeps its state, if not beside the image.")
+    @click.option("--freeze", metavar="MOUNTPOINT",
+                  help="Freeze the file system mounted here (on an attached volume) around the snapshot.")
     @json_option
     def command(repo: str, endpoint_url: str | None, source: str, name: str | None, provider: str,
-                state_dir: str | None, as_json: bool) -> None:
-        _backup(repo, endpoint_url, source, kind, name, provider, state_dir, as_json)
+                state_dir: str | None, freeze: str | None, as_json: bool) -> None:
+        _backup(repo, endpoint_url, source, kind, name, provider, state_dir, freeze, as_json)
 
     return command
 

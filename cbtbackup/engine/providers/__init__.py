@@ -1,9 +1,12 @@
-"""Providers: where snapshots and changed blocks come from (userspace engine, scan; blksnap later)."""
+"""Providers: where snapshots and changed blocks come from (userspace engine — direct or through an attach
+daemon — and scan; blksnap later)."""
 
 from __future__ import annotations
 
 import os
 
+from cbtbackup.engine.attach.record import live_record, resolve_source
+from cbtbackup.engine.providers.attached import AttachedProvider
 from cbtbackup.engine.providers.base import BlockReader, CbtState, Provider, SnapshotSession
 from cbtbackup.engine.providers.scan import ScanProvider
 from cbtbackup.engine.providers.userspace import UserspaceProvider
@@ -14,22 +17,35 @@ PROVIDERS = ("auto", "userspace", "scan")
 
 
 def choose_provider(
-    source: str | os.PathLike[str], name: str = "auto", *, state_dir: str | os.PathLike[str] | None = None
+    source: str | os.PathLike[str],
+    name: str = "auto",
+    *,
+    state_dir: str | os.PathLike[str] | None = None,
+    freeze: str | None = None,
 ) -> Provider:
-    """``auto`` picks the userspace engine for a tracked source and scan for anything else."""
+    """``auto``: the attach daemon of an attached volume, the engine for a tracked one, scan otherwise.
+
+    ``source`` may be the image or the loop device an attach set up on it.
+    """
     if not os.path.exists(source):
         raise NotFoundError(f"{source}: no such file or device")
+    if name not in PROVIDERS:
+        raise UsageError(f"unknown provider {name!r} (one of: {', '.join(PROVIDERS)})")
+    resolved = resolve_source(source, state_dir)
+    if name in ("auto", "userspace") and live_record(resolved.state_dir) is not None:
+        return AttachedProvider(resolved.image, resolved.state_dir, freeze)
+    if freeze is not None:
+        raise UsageError("--freeze needs a volume attached with 'cbtbackup attach'")
     if name == "auto":
         name = "userspace" if is_tracked(source, state_dir) else "scan"
     if name == "userspace":
         return UserspaceProvider(source, state_dir=state_dir)
-    if name == "scan":
-        return ScanProvider(source)
-    raise UsageError(f"unknown provider {name!r} (one of: {', '.join(PROVIDERS)})")
+    return ScanProvider(source)
 
 
 __all__ = [
     "PROVIDERS",
+    "AttachedProvider",
     "BlockReader",
     "CbtState",
     "Provider",

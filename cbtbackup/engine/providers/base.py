@@ -54,6 +54,7 @@ class SnapshotSession(abc.ABC):
 
 class Provider(Protocol):
     name: str
+    source: str  # the identity of the source (an absolute image or device path), known before the snapshot
 
     def open_snapshot(self) -> SnapshotSession:
         """Take a snapshot of the source now."""

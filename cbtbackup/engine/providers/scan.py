@@ -57,6 +57,7 @@ class ScanProvider:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
+        self.source = str(self.path.absolute())
 
     def open_snapshot(self) -> ScanSession:
         return ScanSession(self.path)

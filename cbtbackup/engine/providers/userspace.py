@@ -50,6 +50,7 @@ class UserspaceProvider:
         limit: int | None = None,
     ) -> None:
         self.path = Path(path)
+        self.source = str(self.path.absolute())
         self.state_dir = Path(state_dir) if state_dir is not None else None
         self.diff_storage = Path(diff_storage) if diff_storage is not None else None
         self.limit = limit

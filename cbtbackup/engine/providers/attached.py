@@ -1,0 +1,58 @@
+"""The provider for a volume served by an attach daemon: the daemon takes the snapshot where the writes
+happen, and the backup reads the image through the daemon's ``MOUNTDIR/snapshot-<id>`` file while the
+volume keeps being written."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from pathlib import Path
+
+from cbtbackup.engine.attach.control import ControlClient
+from cbtbackup.engine.cbt import CbtInfo
+from cbtbackup.engine.providers.base import CbtState, SnapshotSession
+from cbtbackup.engine.providers.scan import FileReader
+from cbtbackup.errors import SnapshotFailedError
+
+
+class AttachedSession(SnapshotSession):
+    provider = "userspace"
+
+    def __init__(self, image: Path, state_dir: Path, freeze: str | None) -> None:
+        self.source = str(image)
+        self._client = ControlClient(state_dir)
+        try:
+            answer = self._client.call("snapshot", freeze=freeze)
+            self._name = str(answer["name"])
+            c = answer["cbt"]
+            info = CbtInfo(c["device_capacity"], c["block_size"], c["block_count"],
+                           uuid.UUID(c["generation_id"]), c["changes_number"])
+            self.cbt: CbtState | None = CbtState(info, base64.b64decode(answer["map"]))
+            self._reader = FileReader(Path(answer["path"]))
+        except BaseException:
+            self._client.close()
+            raise
+        self.image = self._reader
+
+    def check_intact(self) -> None:
+        code = int(self._client.call("check", name=self._name)["error_code"])
+        if code:
+            raise SnapshotFailedError("the snapshot overflowed its difference storage during the backup")
+
+    def close(self) -> None:
+        try:
+            self._reader.close()
+            self._client.call("release", name=self._name)
+        finally:
+            self._client.close()
+
+
+class AttachedProvider:
+    name = "userspace"
+
+    def __init__(self, image: Path, state_dir: Path, freeze: str | None = None) -> None:
+        self.image, self.state_dir, self.freeze = image, state_dir, freeze
+        self.source = str(image)
+
+    def open_snapshot(self) -> AttachedSession:
+        return AttachedSession(self.image, self.state_dir, self.freeze)
