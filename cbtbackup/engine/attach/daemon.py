@@ -14,6 +14,7 @@ import os
 import secrets
 import signal
 import socket
+import stat
 import sys
 import threading
 import time
@@ -41,9 +42,16 @@ class AttachOptions:
     state_dir: str | None = None
 
 
+FUSE_DEVICE = (10, 229)  # major, minor of /dev/fuse
+
+
 def check_fuse() -> None:
-    if not os.path.exists("/dev/fuse"):
-        raise AttachError("FUSE is not available: /dev/fuse is missing (load the fuse module)")
+    try:
+        st = os.stat("/dev/fuse")
+    except OSError:
+        raise AttachError("FUSE is not available: /dev/fuse is missing (load the fuse module)") from None
+    if not stat.S_ISCHR(st.st_mode) or (os.major(st.st_rdev), os.minor(st.st_rdev)) != FUSE_DEVICE:
+        raise AttachError("FUSE is not available: /dev/fuse is not the FUSE device")
     try:
         from cbtbackup.engine.attach import fuse_volume  # noqa: F401 - loads libfuse
     except OSError as e:
