@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -83,10 +84,8 @@ class Attached:
         for where in reversed(self.mounts):
             subprocess.run(["umount", "-l", str(where)], capture_output=True)
         if self.record is not None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(self.record.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
         for loop in system_tools.loops_backed_by(self.mountdir / "volume"):
             subprocess.run(["losetup", "-d", loop], capture_output=True)
         if system_tools.is_mount_point(self.mountdir):
