@@ -7,6 +7,7 @@ each one, and ``fsync`` makes the map and the data durable. The files are root's
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import stat
@@ -105,7 +106,7 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
             raise mfusepy.FuseOSError(errno.EIO) from None
         return data
 
-    def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
+    def write(self, path: str, data: bytes | memoryview, offset: int, fh: int) -> int:
         if path != VOLUME:
             raise mfusepy.FuseOSError(errno.EROFS)
         if offset + len(data) > self.volume.size:
@@ -136,7 +137,20 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
         return {"f_bsize": 4096, "f_frsize": 4096, "f_blocks": self.volume.size // 4096, "f_namemax": 255}
 
 
+class _ZeroCopyFUSE(mfusepy.FUSE):  # type: ignore[misc]
+    """Hands writes to the engine as a view of libfuse's buffer instead of a copy of it."""
+
+    def write(self, path: bytes | None, buf: Any, size: int, offset: int, fip: Any) -> int:
+        view = memoryview(ctypes.cast(buf, ctypes.POINTER(ctypes.c_char * size)).contents).cast("B")
+        try:
+            fh = fip.contents.fh
+            written: int = self.operations.write(None if path is None else path.decode(), view, offset, fh)
+            return written
+        finally:
+            view.release()
+
+
 def serve(fs: VolumeFS, mountdir: str) -> None:
     """Mount and serve until unmounted (blocks; run it in a thread)."""
-    mfusepy.FUSE(fs, mountdir, foreground=True, nothreads=False, fsname="cbtbackup", subtype="cbtbackup",
+    _ZeroCopyFUSE(fs, mountdir, foreground=True, nothreads=False, fsname="cbtbackup", subtype="cbtbackup",
                  default_permissions=True)
