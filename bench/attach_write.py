@@ -29,6 +29,7 @@ MiB = 1 << 20
 
 
 def dd_seconds(source: Path, device: str, size_mib: int) -> float:
+    os.sync()  # every run starts with no dirty pages, so none pays for another's writeback
     start = time.perf_counter()
     subprocess.run(["dd", f"if={source}", f"of={device}", "bs=1M", f"count={size_mib}", "oflag=direct",
                     "status=none"], check=True)
@@ -41,6 +42,7 @@ def random_4k_seconds(device: str, size: int, count: int, seed: int) -> float:
     buf.write(os.urandom(4096))
     fd = os.open(device, os.O_WRONLY | os.O_DIRECT)
     try:
+        os.sync()
         start = time.perf_counter()
         for _ in range(count):
             os.pwritev(fd, [buf], rng.randrange(size // 4096) * 4096)

@@ -22,8 +22,16 @@ def _run(args: list[str], what: str) -> str:
 
 
 def loop_attach(path: Path) -> str:
-    """Set up a loop device on ``path``; its name, like ``/dev/loop3``."""
-    return _run(["losetup", "--find", "--show", str(path)], f"set up a loop device on {path}")
+    """Set up a loop device on ``path``; its name, like ``/dev/loop3``.
+
+    Direct I/O when the file allows it: the loop device then hands its requests straight to the file
+    instead of through a second page cache, one copy fewer per write.
+    """
+    what = f"set up a loop device on {path}"
+    try:
+        return _run(["losetup", "--find", "--show", "--direct-io=on", str(path)], what)
+    except CbtError:
+        return _run(["losetup", "--find", "--show", str(path)], what)
 
 
 def loop_detach(device: str) -> None:
