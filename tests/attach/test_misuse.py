@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+from cbtbackup.engine import TrackedVolume
+from cbtbackup.engine.attach import system_tools
+from cbtbackup.engine.attach.client import pid_alive
 from tests.attach.conftest import Attached
 from tests.conftest import RunCli
 
@@ -43,3 +49,26 @@ def test_without_fuse(attached_image: Attached) -> None:
                           capture_output=True, text=True)
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip() == "cbtbackup: error: FUSE is not available: /dev/fuse is not the FUSE device"
+
+
+def test_sigterm_tears_down_in_order(cli: RunCli, attached_image: Attached) -> None:
+    record = attached_image.attach()
+    loop = attached_image.loop
+    before = cli("cbt", "info", loop, "--json")  # through the daemon, by loop device
+    assert before.code == 0 and before.json["source"] == loop
+    with open(loop, "r+b") as dev:
+        dev.write(b"x" * 65536)
+        dev.flush()
+        os.fsync(dev.fileno())
+    os.kill(record.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 20
+    while pid_alive(record.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not pid_alive(record.pid)
+    assert system_tools.loop_backing_file(loop) is None  # the loop device is gone
+    assert not system_tools.is_mount_point(attached_image.mountdir)
+    with TrackedVolume.open(attached_image.image) as vol:  # closed cleanly: same generation, write marked
+        assert str(vol.cbt_info().generation_id) == before.json["generation_id"]
+        assert vol.reset_reason == "tracking started"
+        assert vol.cbt_live_map()[0] == 1
+        assert vol.read(0, 4) == b"xxxx"

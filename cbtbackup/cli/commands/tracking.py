@@ -6,6 +6,8 @@ import click
 
 from cbtbackup.cli.app import emit, json_option
 from cbtbackup.engine import TrackedVolume
+from cbtbackup.engine.attach.client import status
+from cbtbackup.engine.attach.record import resolve_source
 from cbtbackup.model.sizes import format_size, parse_size
 
 
@@ -37,18 +39,23 @@ def cbt() -> None:
 @json_option
 def info(source: str, state_dir: str | None, as_json: bool) -> None:
     """Generation, changes number, block size and count, and blocks changed since the last snapshot."""
-    with TrackedVolume.open(source, state_dir=state_dir) as vol:
-        i = vol.cbt_info()
-        dirty = vol.blocks_changed_since_take()
-        reason = vol.reset_reason
-    payload = {"source": source, "device_capacity": i.device_capacity, "block_size": i.block_size,
-               "block_count": i.block_count, "generation_id": str(i.generation_id),
-               "changes_number": i.changes_number, "dirty_blocks": dirty, "generation_reason": reason}
+    resolved = resolve_source(source, state_dir)
+    attached = status(str(resolved.image), str(resolved.state_dir))
+    if attached["attached"]:  # the daemon holds the volume: ask it
+        cbt, dirty, reason = attached["cbt"], attached["dirty_blocks"], attached["generation_reason"]
+    else:
+        with TrackedVolume.open(source, state_dir=state_dir) as vol:
+            i = vol.cbt_info()
+            cbt = {"device_capacity": i.device_capacity, "block_size": i.block_size, "block_count": i.block_count,
+                   "generation_id": str(i.generation_id), "changes_number": i.changes_number}
+            dirty = vol.blocks_changed_since_take()
+            reason = vol.reset_reason
+    payload = {"source": source, **cbt, "dirty_blocks": dirty, "generation_reason": reason}
     emit(as_json, payload, [
         f"source:          {source}",
-        f"capacity:        {i.device_capacity} bytes ({format_size(i.device_capacity)})",
-        f"block size:      {format_size(i.block_size)} x {i.block_count} blocks",
-        f"generation:      {i.generation_id} ({reason})",
-        f"changes number:  {i.changes_number}",
+        f"capacity:        {cbt['device_capacity']} bytes ({format_size(cbt['device_capacity'])})",
+        f"block size:      {format_size(cbt['block_size'])} x {cbt['block_count']} blocks",
+        f"generation:      {cbt['generation_id']} ({reason})",
+        f"changes number:  {cbt['changes_number']}",
         f"changed blocks:  {dirty} since the last snapshot",
     ])

@@ -71,7 +71,7 @@ def detach(mountdir: str, timeout: float = 60) -> AttachRecord:
     finally:
         client.close()
     deadline = time.monotonic() + timeout
-    while _pid_alive(record.pid):
+    while pid_alive(record.pid):
         if time.monotonic() > deadline:
             raise CbtError(f"the attach daemon (pid {record.pid}) did not stop in {timeout:.0f} s")
         time.sleep(0.05)
@@ -93,7 +93,7 @@ def status(image: str, state_dir: str | None = None) -> dict[str, Any]:
     return {"attached": True, **answer}
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
