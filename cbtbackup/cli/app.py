@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "attach": ("cbtbackup.cli.commands.attach", "attach", "Serve a tracked image as a file and loop device."),
     "detach": ("cbtbackup.cli.commands.attach", "detach_command", "Stop serving an attached image."),
     "status": ("cbtbackup.cli.commands.attach", "status_command", "Whether an image is attached, and its CBT."),
+    "blksnap": ("cbtbackup.cli.commands.blksnap", "blksnap", "The blksnap kernel module: status, detach."),
 }
 
 

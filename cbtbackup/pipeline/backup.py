@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from cbtbackup.engine.cbt import changed_runs, plan_incremental
-from cbtbackup.engine.providers import SnapshotSession, choose_provider
+from cbtbackup.engine.providers import BlksnapProvider, SnapshotSession, choose_provider
 from cbtbackup.errors import UsageError
 from cbtbackup.model.extent_map import ZERO_DIGEST, ExtentMap, overlay
 from cbtbackup.pipeline.plan import Extent, aligned_extents, cbt_extents
@@ -40,6 +40,8 @@ class BackupOptions:
     provider: str = "auto"
     state_dir: str | None = None
     freeze: str | None = None  # a mounted file system to freeze around the take (attached volumes)
+    diff_storage: str | None = None  # blksnap: where the module keeps old chunks
+    diff_storage_limit: int | None = None
 
 
 @dataclasses.dataclass
@@ -75,52 +77,87 @@ def run_backup(
     progress: Progress | None = None,
     config: PipelineConfig | None = None,
 ) -> BackupResult:
+    """Snapshot one source and back it up into its chain."""
+    provider = choose_provider(options.source, options.provider, state_dir=options.state_dir, freeze=options.freeze,
+                               diff_storage=options.diff_storage, diff_storage_limit=options.diff_storage_limit)
+    name = check_name(options.name) if options.name else default_name(provider.source)
+    with provider.open_snapshot() as session:
+        return backup_session(repo, session, options.kind, name, progress, config)
+
+
+def run_device_group_backup(
+    repo: Repository,
+    options: BackupOptions,
+    devices: list[str],
+    progress: Progress | None = None,
+    config: PipelineConfig | None = None,
+) -> list[BackupResult]:
+    """Several block devices in one blksnap snapshot (one instant), each into its own chain."""
+    if options.name:
+        raise UsageError("--name names one chain; with several devices each is named after its device")
+    if options.provider not in ("auto", "blksnap"):
+        raise UsageError("several sources in one snapshot need the blksnap provider")
+    provider = BlksnapProvider(devices, options.diff_storage, options.diff_storage_limit)
+    group = provider.open_group()
+    try:
+        return [backup_session(repo, session, options.kind, default_name(session.source), progress, config)
+                for session in group.sessions]
+    finally:
+        group.close()
+
+
+def backup_session(
+    repo: Repository,
+    session: SnapshotSession,
+    kind: Literal["full", "incr"],
+    name: str,
+    progress: Progress | None = None,
+    config: PipelineConfig | None = None,
+) -> BackupResult:
+    """Back up one taken snapshot into the chain ``name``; the caller owns (and destroys) the snapshot."""
     progress = progress or NullProgress()
     config = config or PipelineConfig()
     started = time.monotonic()
-    provider = choose_provider(options.source, options.provider, state_dir=options.state_dir, freeze=options.freeze)
-    name = check_name(options.name) if options.name else default_name(provider.source)
-    parent = repo.latest(name) if options.kind == "incr" else None
+    parent = repo.latest(name) if kind == "incr" else None
     notes: list[str] = []
 
     def note(message: str) -> None:
         notes.append(message)
         progress.notice(message)
 
-    if options.kind == "incr" and parent is None:
+    if kind == "incr" and parent is None:
         note(f"no previous backup named {name!r}: taking a full backup")
-
-    with provider.open_snapshot() as session:
-        size = session.image.size
-        prev_manifest, prev_map = repo.resolve(parent) if parent else (None, None)
-        if prev_manifest is not None and prev_manifest.device_size != size:
-            raise SourceSizeChangedError(
-                f"{options.source} is {size} bytes but its previous backup {prev_manifest.ref.id} was "
-                f"{prev_manifest.device_size}; run a full backup"
-            )
-        method, extents, total, expected = _plan(session, prev_manifest, prev_map, repo.config.chunk_size, note)
-        progress.start(total, f"{'full' if prev_map is None else 'incr'} {name}")
-        writer = _ChunkWriter(repo, known=_digests(prev_map) if prev_map is not None else set())
-        own = _run_chunks(session, extents, expected, writer, progress, config, repo)
-        progress.finish()
-        resolved = own if prev_map is None else overlay(own, prev_map)
-        writer.stats.duration_s = round(time.monotonic() - started, 3)
-        manifest = Manifest(
-            ref=BackupRef.new(name),
-            kind="full" if prev_map is None else "incr",
-            method=method,
-            parent=parent if prev_map is not None else None,
-            created=time.time(),
-            source=session.source,
-            provider=session.provider,
-            device_size=size,
-            chunk_size=repo.config.chunk_size,
-            map_digest=resolved.map_digest(),
-            extents=own,
-            cbt=session.cbt.info.checkpoint() if session.cbt else None,
-            stats=writer.stats,
+    size = session.image.size
+    prev_manifest, prev_map = repo.resolve(parent) if parent else (None, None)
+    if prev_manifest is not None and prev_manifest.device_size != size:
+        raise SourceSizeChangedError(
+            f"{session.source} is {size} bytes but its previous backup {prev_manifest.ref.id} was "
+            f"{prev_manifest.device_size}; run a full backup"
         )
-        repo.save_manifest(manifest)
+    method, extents, total, expected = _plan(session, prev_manifest, prev_map, repo.config.chunk_size, note)
+    progress.start(total, f"{'full' if prev_map is None else 'incr'} {name}")
+    writer = _ChunkWriter(repo, known=_digests(prev_map) if prev_map is not None else set())
+    own = _run_chunks(session, extents, expected, writer, progress, config, repo)
+    progress.finish()
+    session.check_intact()  # a snapshot that lost data while it was read must not become a backup
+    resolved = own if prev_map is None else overlay(own, prev_map)
+    writer.stats.duration_s = round(time.monotonic() - started, 3)
+    manifest = Manifest(
+        ref=BackupRef.new(name),
+        kind="full" if prev_map is None else "incr",
+        method=method,
+        parent=parent if prev_map is not None else None,
+        created=time.time(),
+        source=session.source,
+        provider=session.provider,
+        device_size=size,
+        chunk_size=repo.config.chunk_size,
+        map_digest=resolved.map_digest(),
+        extents=own,
+        cbt=session.cbt.info.checkpoint() if session.cbt else None,
+        stats=writer.stats,
+    )
+    repo.save_manifest(manifest)
     return BackupResult(manifest, notes)
 
 

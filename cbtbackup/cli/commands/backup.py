@@ -9,44 +9,61 @@ import click
 from cbtbackup.cli.app import emit, json_option, repo_option
 from cbtbackup.cli.progress_bar import make_progress
 from cbtbackup.engine.providers import PROVIDERS
-from cbtbackup.model.sizes import format_size
-from cbtbackup.pipeline.backup import BackupOptions, run_backup
+from cbtbackup.model.sizes import format_size, parse_size
+from cbtbackup.pipeline.backup import BackupOptions, run_backup, run_device_group_backup
 from cbtbackup.repo.location import StoreOptions, open_repository
 
 
-def _backup(repo: str, endpoint_url: str | None, source: str, kind: Literal["full", "incr"], name: str | None,
-            provider: str, state_dir: str | None, freeze: str | None, as_json: bool) -> None:
-    options = BackupOptions(source=source, kind=kind, name=name, provider=provider, state_dir=state_dir,
-                            freeze=freeze)
-    result = run_backup(open_repository(repo, StoreOptions(endpoint_url)), options, make_progress())
-    m, s = result.manifest, result.manifest.stats
-    emit(as_json, result.to_json(), [
-        f"backup {m.ref.id} ({m.ref.name}): {m.kind} by {m.method}, "
-        f"{format_size(s.bytes_scanned)} read, {format_size(s.bytes_changed)} changed, "
-        f"{format_size(s.bytes_stored)} stored ({s.chunks_new} new chunks, {s.chunks_reused} reused) "
-        f"in {s.duration_s:.2f} s"
-    ])
+def _backup(repo: str, endpoint_url: str | None, sources: tuple[str, ...], kind: Literal["full", "incr"],
+            name: str | None, provider: str, state_dir: str | None, freeze: str | None, diff_storage: str | None,
+            diff_storage_limit: str | None, as_json: bool) -> None:
+    options = BackupOptions(source=sources[0], kind=kind, name=name, provider=provider, state_dir=state_dir,
+                            freeze=freeze, diff_storage=diff_storage,
+                            diff_storage_limit=parse_size(diff_storage_limit) if diff_storage_limit else None)
+    repository = open_repository(repo, StoreOptions(endpoint_url))
+    if len(sources) == 1:
+        results = [run_backup(repository, options, make_progress())]
+    else:
+        results = run_device_group_backup(repository, options, list(sources), make_progress())
+    lines = []
+    for result in results:
+        m, s = result.manifest, result.manifest.stats
+        lines.append(f"backup {m.ref.id} ({m.ref.name}): {m.kind} by {m.method}, "
+                     f"{format_size(s.bytes_scanned)} read, {format_size(s.bytes_changed)} changed, "
+                     f"{format_size(s.bytes_stored)} stored ({s.chunks_new} new chunks, {s.chunks_reused} reused) "
+                     f"in {s.duration_s:.2f} s")
+    payload = results[0].to_json() if len(results) == 1 else {"backups": [r.to_json() for r in results]}
+    emit(as_json, payload, lines)
 
 
 def _backup_command(kind: Literal["full", "incr"], doc: str) -> click.Command:
     @click.command(name=kind, help=doc)
     @repo_option
-    @click.argument("source")
+    @click.argument("sources", metavar="SOURCE...", nargs=-1, required=True)
     @click.option("--name", help="The backup chain's name (default: the source's file name).")
     @click.option("--provider", type=click.Choice(PROVIDERS), default="auto", show_default=True,
-                  help="userspace: a tracked image; scan: read everything; auto: userspace if tracked.")
+                  help="userspace: a tracked image; blksnap: a block device through the kernel module; "
+                       "scan: read everything; auto: the first that applies.")
     @click.option("--state-dir", help="Where the tracker keeps its state, if not beside the image.")
     @click.option("--freeze", metavar="MOUNTPOINT",
                   help="Freeze the file system mounted here (on an attached volume) around the snapshot.")
+    @click.option("--diff-storage", metavar="PATH",
+                  help="blksnap: where the module keeps old chunks (a directory, file or device; default /var/tmp).")
+    @click.option("--diff-storage-limit", metavar="SIZE",
+                  help="blksnap: the most the difference storage may grow to (default: a tenth of the devices).")
     @json_option
-    def command(repo: str, endpoint_url: str | None, source: str, name: str | None, provider: str,
-                state_dir: str | None, freeze: str | None, as_json: bool) -> None:
-        _backup(repo, endpoint_url, source, kind, name, provider, state_dir, freeze, as_json)
+    def command(repo: str, endpoint_url: str | None, sources: tuple[str, ...], name: str | None, provider: str,
+                state_dir: str | None, freeze: str | None, diff_storage: str | None,
+                diff_storage_limit: str | None, as_json: bool) -> None:
+        _backup(repo, endpoint_url, sources, kind, name, provider, state_dir, freeze, diff_storage,
+                diff_storage_limit, as_json)
 
     return command
 
 
-full = _backup_command("full", "Back up the whole of SOURCE (an image file or block device).")
+full = _backup_command(
+    "full", "Back up the whole of SOURCE (an image file or block device; several block devices with blksnap)."
+)
 incr = _backup_command(
     "incr",
     "Back up what changed in SOURCE since its previous backup: by CBT when it can be trusted, "

@@ -4,8 +4,11 @@ daemon — and scan; blksnap later)."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from cbtbackup.engine.attach.record import live_record, resolve_source
+from cbtbackup.engine.blksnap.kernel import current_environment
+from cbtbackup.engine.blksnap.provider import BlksnapProvider
 from cbtbackup.engine.providers.attached import AttachedProvider
 from cbtbackup.engine.providers.base import BlockReader, CbtState, Provider, SnapshotSession
 from cbtbackup.engine.providers.scan import ScanProvider
@@ -13,7 +16,7 @@ from cbtbackup.engine.providers.userspace import UserspaceProvider
 from cbtbackup.engine.volume import is_tracked
 from cbtbackup.errors import NotFoundError, UsageError
 
-PROVIDERS = ("auto", "userspace", "scan")
+PROVIDERS = ("auto", "userspace", "blksnap", "scan")
 
 
 def choose_provider(
@@ -22,8 +25,11 @@ def choose_provider(
     *,
     state_dir: str | os.PathLike[str] | None = None,
     freeze: str | None = None,
+    diff_storage: str | None = None,
+    diff_storage_limit: int | None = None,
 ) -> Provider:
-    """``auto``: the attach daemon of an attached volume, the engine for a tracked one, scan otherwise.
+    """``auto``: the attach daemon of an attached volume, the engine for a tracked one, the blksnap module
+    for a block device on a host that has it, scan otherwise.
 
     ``source`` may be the image or the loop device an attach set up on it.
     """
@@ -37,15 +43,23 @@ def choose_provider(
     if freeze is not None:
         raise UsageError("--freeze needs a volume attached with 'cbtbackup attach'")
     if name == "auto":
-        name = "userspace" if is_tracked(source, state_dir) else "scan"
+        if is_tracked(source, state_dir):
+            name = "userspace"
+        elif Path(source).is_block_device() and os.path.exists(current_environment().control_path):
+            name = "blksnap"
+        else:
+            name = "scan"
     if name == "userspace":
         return UserspaceProvider(source, state_dir=state_dir)
+    if name == "blksnap":
+        return BlksnapProvider([str(source)], diff_storage, diff_storage_limit)
     return ScanProvider(source)
 
 
 __all__ = [
     "PROVIDERS",
     "AttachedProvider",
+    "BlksnapProvider",
     "BlockReader",
     "CbtState",
     "Provider",

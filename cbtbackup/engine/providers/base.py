@@ -43,6 +43,9 @@ class SnapshotSession(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None: ...
 
+    def check_intact(self) -> None:  # noqa: B027 - sources without a snapshot have nothing to lose
+        """Raise if the snapshot lost data since the take (call after reading, before committing)."""
+
     def __enter__(self) -> Self:
         return self
 

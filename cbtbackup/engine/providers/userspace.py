@@ -31,6 +31,9 @@ class UserspaceSession(SnapshotSession):
         self.image: SnapshotImage = self._snapshot.image(self._volume)
         self.cbt: CbtState | None = CbtState(self._volume.cbt_info(), self._volume.cbt_map())
 
+    def check_intact(self) -> None:
+        self._snapshot._check_intact()
+
     def close(self) -> None:
         try:
             self._snapshot.destroy()
