@@ -11,8 +11,8 @@ import pytest
 
 from cbtbackup.engine import Snapshot
 from cbtbackup.engine.blksnap import kernel
-from cbtbackup.engine.blksnap.kernel import BlockDevice
-from cbtbackup.errors import SnapshotFailedError
+from cbtbackup.engine.blksnap.kernel import BlksnapModule, BlockDevice
+from cbtbackup.errors import NotFoundError, SnapshotFailedError
 from cbtbackup.pipeline.backup import BackupOptions, run_backup
 from cbtbackup.repo.location import open_repository
 from tests.blksnap.conftest import MakeDevice, read_device
@@ -245,3 +245,28 @@ def test_status_and_detach(cli: RunCli, repo: Path, make_device: MakeDevice, sim
     assert cli("blksnap", "detach", dev).code == 0
     assert cli("blksnap", "status", dev, "--json").json["devices"][0]["filter"] is None
     cli("blksnap", "detach", dev).assert_one_line_error(3, "no blksnap filter is attached")
+
+
+def test_why_the_storage_check_exists(make_device: MakeDevice, simulator: KernelSimulator, tmp_path: Path) -> None:
+    """The module's quirk, met head on: SNAPSHOTADD of the device holding the storage 'succeeds' but adds
+    nothing, so the take finds no device. The provider refuses such a storage before it gets here."""
+    dev = make_device(32 * MiB)
+    subprocess.run(["mkfs.ext4", "-q", "-F", dev], check=True)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    subprocess.run(["mount", dev, str(mnt)], check=True)
+    module = BlksnapModule.open(simulator.env)
+    device = BlockDevice(simulator.env, dev)
+    try:
+        device.attach_filter()
+        snap_id = module.snapshot_create(str(mnt), 64 * MiB)
+        device.snapshot_add(snap_id)  # returns 0 ...
+        with pytest.raises(NotFoundError, match="holds no device"):
+            module.snapshot_take(snap_id)  # ... and nothing was added
+        assert module.snapshot_collect() == [snap_id]
+        module.snapshot_destroy(snap_id)
+        assert module.snapshot_collect() == []
+    finally:
+        device.close()
+        module.close()
+        subprocess.run(["umount", str(mnt)], check=True)
