@@ -7,6 +7,7 @@ when the process is killed between the two.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from pathlib import Path
@@ -79,41 +80,33 @@ class TrackedVolume:
         trustworthy even after a power loss, at the cost of a sync on the first write to each block.
         """
         p, sd, fd, st, capacity = _open_volume(path, state_dir)
-        try:
+        with contextlib.ExitStack() as undo:  # undone only if something below fails
+            undo.callback(os.close, fd)
             if capacity == 0:
                 raise UsageError(f"{p} is empty: there is nothing to track")
             bs = check_block_size(block_size) if block_size is not None else tracking_block_size(capacity)
             sd.mkdir(mode=0o700, parents=True, exist_ok=True)
             lock = StateDirLock(sd)
-            try:
-                if (sd / STATE_FILE).exists():
-                    raise AlreadyTrackedError(f"{p} is tracked already (state in {sd}); open it instead")
-                ChangeTracker.create(sd, capacity, bs, durable, image_identity(st)).close(image_identity(st))
-                tracker = ChangeTracker.load(sd, capacity, image_identity(st))
-            except BaseException:
-                lock.release()
-                raise
-        except BaseException:
-            os.close(fd)
-            raise
+            undo.callback(lock.release)
+            if (sd / STATE_FILE).exists():
+                raise AlreadyTrackedError(f"{p} is tracked already (state in {sd}); open it instead")
+            ChangeTracker.create(sd, capacity, bs, durable, image_identity(st)).close(image_identity(st))
+            tracker = ChangeTracker.load(sd, capacity, image_identity(st))
+            undo.pop_all()
         return cls(p, sd, fd, lock, tracker)
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, state_dir: str | os.PathLike[str] | None = None) -> TrackedVolume:
         """Reopen a tracked volume, applying the crash rules (which may start a new generation)."""
         p, sd, fd, st, capacity = _open_volume(path, state_dir)
-        try:
+        with contextlib.ExitStack() as undo:  # undone only if something below fails
+            undo.callback(os.close, fd)
             if not (sd / STATE_FILE).is_file():
                 raise NotTrackedError(f"{p} is not tracked (no state in {sd}); start tracking it first")
             lock = StateDirLock(sd)
-            try:
-                tracker = ChangeTracker.load(sd, capacity, image_identity(st))
-            except BaseException:
-                lock.release()
-                raise
-        except BaseException:
-            os.close(fd)
-            raise
+            undo.callback(lock.release)
+            tracker = ChangeTracker.load(sd, capacity, image_identity(st))
+            undo.pop_all()
         return cls(p, sd, fd, lock, tracker)
 
     # -- data ----------------------------------------------------------------------------------------------

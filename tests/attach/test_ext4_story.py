@@ -13,14 +13,20 @@ from tests.attach.conftest import Attached, LoopImage, checksums, copy_tree, fsc
 from tests.conftest import RunCli
 
 
-def test_ext4_full_and_three_incrementals(cli: RunCli, attached_image: Attached, tmp_path: Path) -> None:
-    vol = attached_image
+def ext4_on_attached(cli: RunCli, vol: Attached, tmp_path: Path) -> tuple[Path, Path]:
+    """Attach with a loop device, make ext4 on it, mount it; a new repository beside. (repo, mountpoint)"""
     vol.attach()
     repo = tmp_path / "repo"
-    cli("init", "-r", repo)
+    assert cli("init", "-r", repo).code == 0
     sh("mkfs.ext4", "-q", "-F", vol.loop)
     fs = tmp_path / "fs"
     vol.mount(fs)
+    return repo, fs
+
+
+def test_ext4_full_and_three_incrementals(cli: RunCli, attached_image: Attached, tmp_path: Path) -> None:
+    vol = attached_image
+    repo, fs = ext4_on_attached(cli, vol, tmp_path)
     copy_tree(fs)
     points: list[tuple[str, dict[str, str]]] = []
 
@@ -65,12 +71,7 @@ def test_ext4_full_and_three_incrementals(cli: RunCli, attached_image: Attached,
 def test_backup_while_another_process_writes(cli: RunCli, attached_image: Attached, tmp_path: Path) -> None:
     """With --freeze, the snapshot holds exactly the files that were complete at the take."""
     vol = attached_image
-    vol.attach()
-    repo = tmp_path / "repo"
-    cli("init", "-r", repo)
-    sh("mkfs.ext4", "-q", "-F", vol.loop)
-    fs = tmp_path / "fs"
-    vol.mount(fs)
+    repo, fs = ext4_on_attached(cli, vol, tmp_path)
     (fs / "out").mkdir()
     stop = threading.Event()
     done: list[str] = []
@@ -115,12 +116,7 @@ def test_backup_while_another_process_writes(cli: RunCli, attached_image: Attach
 
 def test_daemon_killed_while_writing(cli: RunCli, attached_image: Attached, tmp_path: Path) -> None:
     vol = attached_image
-    vol.attach()
-    repo = tmp_path / "repo"
-    cli("init", "-r", repo)
-    sh("mkfs.ext4", "-q", "-F", vol.loop)
-    fs = tmp_path / "fs"
-    vol.mount(fs)
+    repo, fs = ext4_on_attached(cli, vol, tmp_path)
     copy_tree(fs)
     sh("sync")
     assert cli("full", "-r", repo, vol.loop, "--freeze", fs).code == 0
