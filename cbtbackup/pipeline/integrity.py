@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 from typing import Any
 
 from cbtbackup.errors import CbtError, CorruptDataError, NotFoundError
@@ -78,6 +79,7 @@ def run_verify(
                     users.append(ref)
     bad: dict[bytes, str] = {}
     checked = [0, 0]
+    lock = threading.Lock()
 
     def check(digest: bytes) -> None:
         try:
@@ -88,8 +90,9 @@ def run_verify(
         except NotFoundError:
             bad[digest] = "is missing"
             return
-        checked[0] += 1
-        checked[1] += len(data)
+        with lock:  # tasks finish in several threads at once
+            checked[0] += 1
+            checked[1] += len(data)
         progress.advance(len(data))
 
     progress.start(len(needed) * repo.config.chunk_size, "verify")

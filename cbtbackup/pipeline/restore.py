@@ -12,6 +12,7 @@ import dataclasses
 import os
 import secrets
 import stat
+import threading
 import time
 from array import array
 from pathlib import Path
@@ -163,16 +164,20 @@ def _write_all(
 ) -> tuple[int, int]:
     first, link = _group_by_chunk(resolved)
     written = [0]
+    count_lock = threading.Lock()
 
     def restore_chunk(digest: bytes, i: int) -> None:
         data = repo.get_chunk(digest)
         view = memoryview(data)
+        total = 0
         while i >= 0:
             piece = resolved[i]
             _pwrite_all(out.fd, view[piece.chunk_offset: piece.chunk_offset + piece.length], piece.offset)
             progress.advance(piece.length)
-            written[0] += piece.length
+            total += piece.length
             i = link[i]
+        with count_lock:  # tasks finish in several threads at once
+            written[0] += total
 
     workers = config.worker_count(repo.store.capabilities().parallelism)
     executor = config.make_executor(workers)
