@@ -92,3 +92,14 @@ def test_usage_errors_are_one_line_too(cli: RunCli, repo: Path, make_image: Make
 
 def test_untracked_cbt_info(cli: RunCli, make_image: MakeImage) -> None:
     cli("cbt", "info", make_image(MiB)).assert_one_line_error(3, "not tracked")
+
+
+def test_freeze_needs_an_attached_volume(cli: RunCli, repo: Path, make_image: MakeImage, tmp_path: Path) -> None:
+    image = make_image(MiB)
+    cli("track", image)
+    cli("full", "-r", repo, image, "--freeze", tmp_path).assert_one_line_error(2, "--freeze needs a volume attached")
+
+
+def test_several_sources_need_blksnap(cli: RunCli, repo: Path, make_image: MakeImage) -> None:
+    cli("full", "-r", repo, make_image(MiB), make_image(MiB), "--provider", "scan").assert_one_line_error(
+        2, "need the blksnap provider")
