@@ -166,10 +166,11 @@ class Snapshot:
             raise SnapshotStateError("the snapshot is not taken yet")
         if self.state is SnapshotState.DESTROYED:
             raise SnapshotStateError("the snapshot was destroyed")
-        self._check_intact()
+        self.check_intact()
         return self._filters[id(volume)]
 
-    def _check_intact(self) -> None:
+    def check_intact(self) -> None:
+        """Raise :class:`SnapshotCorruptedError` if the snapshot lost data."""
         if self.error_code:
             raise SnapshotCorruptedError(
                 f"snapshot is corrupted ({os.strerror(-self.error_code)}): the difference storage "
@@ -199,5 +200,5 @@ class SnapshotImage:
             raise OutOfRangeError(f"read of {length} bytes at {offset} is outside the image ({self.size} bytes)")
         data = self._snapshot._filter(self._volume).read_image(offset, length)
         # A write that could not be preserved marks the snapshot corrupted before it lands.
-        self._snapshot._check_intact()
+        self._snapshot.check_intact()
         return data

@@ -222,6 +222,10 @@ class _ChunkWriter:
         self._lock = threading.Lock()
         self.stats = BackupStats()
 
+    def count_changed(self, nbytes: int) -> None:
+        with self._lock:
+            self.stats.bytes_changed += nbytes
+
     def store(self, digest: bytes, data: bytes) -> None:
         with self._lock:
             fresh = digest not in self._seen
@@ -264,8 +268,7 @@ def _run_chunks(
             if digest != ZERO_DIGEST:
                 writer.store(digest, data)
             results.keep(seq, digest)
-            with writer._lock:
-                writer.stats.bytes_changed += len(data)
+            writer.count_changed(len(data))
         progress.advance(len(data))
 
     workers = config.worker_count(repo.store.capabilities().parallelism)

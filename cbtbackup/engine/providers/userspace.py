@@ -32,7 +32,7 @@ class UserspaceSession(SnapshotSession):
         self.cbt: CbtState | None = CbtState(self._volume.cbt_info(), self._volume.cbt_map())
 
     def check_intact(self) -> None:
-        self._snapshot._check_intact()
+        self._snapshot.check_intact()
 
     def close(self) -> None:
         try:
