@@ -12,6 +12,7 @@ import dataclasses
 import re
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 from cbtbackup.model.checkpoint import CbtCheckpoint
 
@@ -27,6 +28,17 @@ class CbtInfo:
     block_count: int
     generation_id: uuid.UUID
     changes_number: int
+
+    def to_dict(self) -> dict[str, int | str]:
+        """JSON-ready fields (the control socket and ``--json`` output use them)."""
+        return {"device_capacity": self.device_capacity, "block_size": self.block_size,
+                "block_count": self.block_count, "generation_id": str(self.generation_id),
+                "changes_number": self.changes_number}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CbtInfo:
+        return cls(int(d["device_capacity"]), int(d["block_size"]), int(d["block_count"]),
+                   uuid.UUID(str(d["generation_id"])), int(d["changes_number"]))
 
     def checkpoint(self) -> CbtCheckpoint:
         return CbtCheckpoint(self.generation_id, self.changes_number, self.block_size, self.device_capacity)

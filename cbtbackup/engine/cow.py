@@ -19,9 +19,6 @@ from cbtbackup.engine.diff_storage import DiffStorage, DiffStorageFull
 from cbtbackup.engine.geometry import index_range
 from cbtbackup.errors import StorageError
 
-# Copy errors a filter can survive by giving up the snapshot (never the write).
-_COPY_FAILURES = (DiffStorageFull, StorageError, OSError)
-
 
 class CowFilter:
     """Chunk bookkeeping for one volume. ``before_write`` runs under the volume's write lock."""

@@ -97,7 +97,7 @@ class Snapshot:
             for vol in ordered:
                 vol._tracker.switch()
                 cow = CowFilter(
-                    vol._fd, vol.size, cow_chunk_size(vol.size), self.storage, self._fail_for(vol),
+                    vol._fd, vol.size, cow_chunk_size(vol.size), self.storage, self._corrupt,
                     lambda: self.error_code != 0,
                 )
                 self._filters[id(vol)] = cow
@@ -149,10 +149,9 @@ class Snapshot:
     def _low_space(self, requested: int) -> None:
         self._events.put(EventCode.NO_SPACE, requested_bytes=requested)
 
-    def _fail_for(self, volume: TrackedVolume) -> _FailureReporter:
-        return _FailureReporter(self, volume)
-
-    def _corrupt(self, volume: TrackedVolume, err: int) -> None:
+    def _corrupt(self, err: int) -> None:
+        """A chunk could not be preserved: the whole snapshot is lost (blksnap's -ENOSPC, or the errno)."""
+        err = err or errno.EIO
         with self._lock:
             first = self.error_code == 0
             if first:
@@ -176,15 +175,6 @@ class Snapshot:
                 f"snapshot is corrupted ({os.strerror(-self.error_code)}): the difference storage "
                 f"overflowed or failed; raise its limit (was {self.storage.limit} bytes) and try again"
             )
-
-
-class _FailureReporter:
-    def __init__(self, snap: Snapshot, volume: TrackedVolume) -> None:
-        self._snap = snap
-        self._volume = volume
-
-    def __call__(self, err: int) -> None:
-        self._snap._corrupt(self._volume, err or errno.EIO)
 
 
 class SnapshotImage:

@@ -113,8 +113,7 @@ class KernelSimulator:
             finally:
                 os.close(fd)
             return
-        dev.volume.write(offset, data)
-        self._report_corruption()
+        dev.volume.write(offset, data)  # the engine queues any corrupted event; WAIT_EVENT hands it out
 
     def close(self) -> None:
         for snap in list(self.snapshots.values()):
@@ -231,9 +230,6 @@ class KernelSimulator:
             data = EVENT_NO_SPACE.pack(event.requested_bytes // 512)
             code = 1
         _put(buf, EVENT.pack(raw_id, timeout_jiffies, code, event.time_ns, data))
-
-    def _report_corruption(self) -> None:
-        pass  # the engine queues the corrupted events itself; WAIT_EVENT hands them out
 
     @staticmethod
     def _image_name(rdev: int) -> str:

@@ -33,9 +33,7 @@ def status(devices: tuple[str, ...], as_json: bool) -> None:
         try:
             row: dict[str, Any] = {"device": path, "filter": dev.attached_filter()}
             try:
-                info = dev.cbt_info()
-                row.update(generation_id=str(info.generation_id), changes_number=info.changes_number,
-                           block_size=info.block_size, block_count=info.block_count)
+                row.update(dev.cbt_info().to_dict())
             except Exception:
                 row["filter"] = row["filter"] or None
             rows.append(row)

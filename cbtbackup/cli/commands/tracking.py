@@ -45,9 +45,7 @@ def info(source: str, state_dir: str | None, as_json: bool) -> None:
         cbt, dirty, reason = attached["cbt"], attached["dirty_blocks"], attached["generation_reason"]
     else:
         with TrackedVolume.open(source, state_dir=state_dir) as vol:
-            i = vol.cbt_info()
-            cbt = {"device_capacity": i.device_capacity, "block_size": i.block_size, "block_count": i.block_count,
-                   "generation_id": str(i.generation_id), "changes_number": i.changes_number}
+            cbt = vol.cbt_info().to_dict()
             dirty = vol.blocks_changed_since_take()
             reason = vol.reset_reason
     payload = {"source": source, **cbt, "dirty_blocks": dirty, "generation_reason": reason}

@@ -10,20 +10,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cbtbackup.engine.attach.control import ControlClient
+from cbtbackup.engine.attach.control import ControlClient, RemoteError
 from cbtbackup.engine.attach.daemon import AttachOptions
 from cbtbackup.engine.attach.record import AttachRecord, live_record, source_of_mountdir
 from cbtbackup.engine.volume import default_state_dir
-from cbtbackup.errors import CbtError, NotFoundError, UsageError
+from cbtbackup.errors import CbtError, NotFoundError
 
 READY = "READY "
 LOG_NAME = "attach.log"
-
-
-class DaemonFailed(CbtError):
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 def start_daemon(options: AttachOptions, timeout: float = 30) -> AttachRecord:
@@ -46,7 +40,7 @@ def start_daemon(options: AttachOptions, timeout: float = 30) -> AttachRecord:
     code = proc.wait()
     message = proc.stderr.read().strip().splitlines()
     text = message[-1].removeprefix("cbtbackup: error: ") if message else f"the attach daemon exited ({code})"
-    raise DaemonFailed(text, code or 1)
+    raise RemoteError(text, code or 1)
 
 
 def announce_ready(record: AttachRecord, log_path: Path) -> None:
@@ -106,8 +100,3 @@ def pid_alive(pid: int) -> bool:
             return f.read().split(") ", 1)[1][0] != "Z"
     except OSError:
         return False
-
-
-def require_existing(path: str, what: str) -> None:
-    if not os.path.exists(path):
-        raise UsageError(f"{what} {path} does not exist")

@@ -198,7 +198,7 @@ class Daemon:
     def _status(self) -> dict[str, Any]:
         info = self.volume.cbt_info()
         return {"pid": os.getpid(), "image": str(self.image), "mountdir": str(self.mountdir), "loop": self.loop,
-                "cbt": _info_dict(info), "dirty_blocks": self.volume.blocks_changed_since_take(),
+                "cbt": info.to_dict(), "dirty_blocks": self.volume.blocks_changed_since_take(),
                 "generation_reason": self.volume.reset_reason}
 
     def _snapshot(self, request: dict[str, Any], conn: Connection) -> dict[str, Any]:
@@ -216,7 +216,7 @@ class Daemon:
             self._snapshots[name] = snap
             conn.snapshots.append(name)
         leaf = self.fs.expose(name, snap.image(self.volume))
-        return {"name": name, "path": str(self.mountdir / leaf), "cbt": _info_dict(info),
+        return {"name": name, "path": str(self.mountdir / leaf), "cbt": info.to_dict(),
                 "map": base64.b64encode(cbt_map).decode()}
 
     def _release(self, name: str) -> None:
@@ -229,9 +229,3 @@ class Daemon:
     def _release_all(self, conn: Connection) -> None:
         for name in conn.snapshots:
             self._release(name)
-
-
-def _info_dict(info: Any) -> dict[str, Any]:
-    return {"device_capacity": info.device_capacity, "block_size": info.block_size,
-            "block_count": info.block_count, "generation_id": str(info.generation_id),
-            "changes_number": info.changes_number}

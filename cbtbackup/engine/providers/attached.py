@@ -5,7 +5,6 @@ volume keeps being written."""
 from __future__ import annotations
 
 import base64
-import uuid
 from pathlib import Path
 
 from cbtbackup.engine.attach.control import ControlClient
@@ -24,9 +23,7 @@ class AttachedSession(SnapshotSession):
         try:
             answer = self._client.call("snapshot", freeze=freeze)
             self._name = str(answer["name"])
-            c = answer["cbt"]
-            info = CbtInfo(c["device_capacity"], c["block_size"], c["block_count"],
-                           uuid.UUID(c["generation_id"]), c["changes_number"])
+            info = CbtInfo.from_dict(answer["cbt"])
             self.cbt: CbtState | None = CbtState(info, base64.b64decode(answer["map"]))
             self._reader = FileReader(Path(answer["path"]))
         except BaseException:
