@@ -8,6 +8,7 @@ import click
 
 from cbtbackup.cli.app import emit, json_option
 from cbtbackup.engine.blksnap.kernel import BlksnapModule, BlockDevice, current_environment
+from cbtbackup.errors import NotFoundError
 
 
 @click.group()
@@ -34,8 +35,8 @@ def status(devices: tuple[str, ...], as_json: bool) -> None:
             row: dict[str, Any] = {"device": path, "filter": dev.attached_filter()}
             try:
                 row.update(dev.cbt_info().to_dict())
-            except Exception:
-                row["filter"] = row["filter"] or None
+            except NotFoundError:
+                pass  # no blksnap filter: nothing more to say about this device
             rows.append(row)
         finally:
             dev.close()
