@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import click
@@ -33,10 +34,8 @@ def status(devices: tuple[str, ...], as_json: bool) -> None:
         dev = BlockDevice(env, path)
         try:
             row: dict[str, Any] = {"device": path, "filter": dev.attached_filter()}
-            try:
+            with contextlib.suppress(NotFoundError):  # no blksnap filter: nothing more to say
                 row.update(dev.cbt_info().to_dict())
-            except NotFoundError:
-                pass  # no blksnap filter: nothing more to say about this device
             rows.append(row)
         finally:
             dev.close()
