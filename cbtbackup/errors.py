@@ -14,10 +14,18 @@ Exit codes (documented in docs/user-guide.md):
  5    corrupt data: a stored object or tracker state fails its checks
  6    snapshot failed: difference storage overflow or a corrupted snapshot
  7    storage unavailable: I/O or network failure talking to a store
+ 8    permission denied
+ 9    read-only: the target's file system or device does not take writes
+10    name too long: a path or one of its names is longer than the file system allows
+11    not a directory: a path that must be a directory is something else
 ====  =====================================================================
+
+The command line adds 130 (interrupted by Ctrl-C), 143 (terminated by SIGTERM) and 70 (a bug).
 """
 
 from __future__ import annotations
+
+import errno
 
 
 class CbtError(Exception):
@@ -64,3 +72,51 @@ class StorageError(CbtError):
 
 class TransientStorageError(StorageError):
     """A store failure that may succeed when tried again (throttling, a reset connection, a 5xx)."""
+
+
+class PermissionDeniedError(CbtError):
+    """The operating system refused access."""
+
+    exit_code = 8
+
+
+class ReadOnlyError(CbtError):
+    """A write was refused because the file system or device is read-only."""
+
+    exit_code = 9
+
+
+class NameTooLongError(CbtError):
+    """A path, or a name in it, is too long for the file system."""
+
+    exit_code = 10
+
+
+class NotADirError(CbtError):
+    """A path that must be a directory is a file (or runs through one)."""
+
+    exit_code = 11
+
+
+def os_error(e: OSError, doing: str) -> CbtError:
+    """The error of this tree for an ``OSError`` met while ``doing`` (e.g. "cannot open /x")."""
+    message = f"{doing}: {e.strerror or e}"
+    classes: dict[int, type[CbtError]] = {
+        errno.ENOENT: NotFoundError,
+        errno.EACCES: PermissionDeniedError,
+        errno.EPERM: PermissionDeniedError,
+        errno.EROFS: ReadOnlyError,
+        errno.ENAMETOOLONG: NameTooLongError,
+        errno.ENOTDIR: NotADirError,
+        errno.EISDIR: UsageError,
+        errno.EBUSY: BusyError,
+        errno.ETXTBSY: BusyError,
+    }
+    return classes.get(e.errno or 0, StorageError)(message)
+
+
+__all__ = [
+    "BusyError", "CbtError", "CorruptDataError", "NameTooLongError", "NotADirError", "NotFoundError",
+    "PermissionDeniedError", "ReadOnlyError", "SnapshotFailedError", "StorageError", "TransientStorageError",
+    "UsageError", "os_error",
+]

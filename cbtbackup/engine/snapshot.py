@@ -43,6 +43,7 @@ class Snapshot:
         self.volumes = volumes
         self.state = SnapshotState.CREATED
         self.error_code = 0  # negative errno once corrupted, as blksnap's SNAPSHOTINFO reports it
+        self.failure: str | None = None  # why, in words, when it is not the difference storage
         self._events = EventQueue()
         self._filters: dict[int, CowFilter] = {}
         self._lock = threading.Lock()
@@ -95,6 +96,7 @@ class Snapshot:
             lock.acquire()
         try:
             for vol in ordered:
+                vol._before_take()
                 vol._tracker.switch()
                 cow = CowFilter(
                     vol._fd, vol.size, cow_chunk_size(vol.size), self.storage, self._corrupt,
@@ -160,6 +162,13 @@ class Snapshot:
             for vol in self.volumes:
                 self._events.put(EventCode.CORRUPTED, volume=str(vol.path), errno=err)
 
+    def _lose(self, why: str) -> None:
+        """Something bypassed the COW filter: the images may no longer show the take."""
+        with self._lock:
+            if self.failure is None:
+                self.failure = why
+        self._corrupt(errno.ESTALE)
+
     def _filter(self, volume: TrackedVolume) -> CowFilter:
         if self.state is SnapshotState.CREATED:
             raise SnapshotStateError("the snapshot is not taken yet")
@@ -170,6 +179,8 @@ class Snapshot:
 
     def check_intact(self) -> None:
         """Raise :class:`SnapshotCorruptedError` if the snapshot lost data."""
+        if self.error_code and self.failure is not None:
+            raise SnapshotCorruptedError(f"snapshot is no longer consistent: {self.failure}")
         if self.error_code:
             raise SnapshotCorruptedError(
                 f"snapshot is corrupted ({os.strerror(-self.error_code)}): the difference storage "

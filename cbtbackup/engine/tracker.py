@@ -5,33 +5,26 @@ to the volume, so a write that reached the volume is always marked, even if the 
 Taking a snapshot copies the write map to the *read map* (what backups read) and advances the numbers;
 when ``active`` would reach 256 the write map is zeroed under a new generation, exactly as the module does.
 
-Crash rules (see docs/design.md):
-- process killed, same boot: the shared mapping is in the page cache, so the map is trusted;
-- unclean shutdown across a reboot: the map may have lost pages that the data did not, so a new generation
-  starts, unless the tracker was created ``durable`` (map pages synced before the data they describe);
-- clean close, then the image changed while nobody tracked it (size, inode or mtime differ): new generation.
+When the map may have missed a write, a new generation starts (see docs/design.md, "What the engine can
+see"):
+- the tracker was not closed cleanly (process killed, machine crashed): nothing recorded the file as it was
+  when tracking stopped, so a write made afterwards could not be told apart — new generation;
+- closed cleanly, then the image's identity (inode, size, ctime) differs: something wrote it meanwhile;
+- the state was written by an older version that recorded mtime, which ``touch -r`` can restore.
 """
 
 from __future__ import annotations
 
-import os
-import stat
 import uuid
 from pathlib import Path
 
 from cbtbackup.engine.cbt import CbtInfo
+from cbtbackup.engine.file_identity import Identity
 from cbtbackup.engine.geometry import ceil_div, index_range
 from cbtbackup.engine.tracker_state import TrackerHeader, TrackerStateFile, current_boot_id
 
 STATE_FILE = "tracker"
 OVERFLOW = 256
-
-
-def image_identity(st: os.stat_result) -> tuple[int, int, int]:
-    """What changes when someone else writes a regular file: (inode, size, mtime). Zero for devices."""
-    if not stat.S_ISREG(st.st_mode):
-        return (0, 0, 0)
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 class ChangeTracker:
@@ -45,7 +38,7 @@ class ChangeTracker:
 
     @classmethod
     def create(
-        cls, state_dir: Path, capacity: int, block_size: int, durable: bool, identity: tuple[int, int, int]
+        cls, state_dir: Path, capacity: int, block_size: int, durable: bool, identity: Identity
     ) -> ChangeTracker:
         """A new state (a new generation, zeroed maps), recorded as cleanly closed over ``identity``."""
         header = TrackerHeader(
@@ -58,12 +51,12 @@ class ChangeTracker:
             reset_reason="tracking started",
             image_ino=identity[0],
             image_size=identity[1],
-            image_mtime_ns=identity[2],
+            image_ctime_ns=identity[2],
         )
         return cls(TrackerStateFile.create(state_dir / STATE_FILE, header))
 
     @classmethod
-    def load(cls, state_dir: Path, capacity: int, identity: tuple[int, int, int]) -> ChangeTracker:
+    def load(cls, state_dir: Path, capacity: int, identity: Identity) -> ChangeTracker:
         """Open the persisted state and apply the crash rules; the tracker is then marked in use."""
         state = TrackerStateFile(state_dir / STATE_FILE)
         h = state.header
@@ -74,20 +67,23 @@ class ChangeTracker:
             tracker.header.reset_reason = f"device size changed ({h.capacity} -> {capacity})"
         else:
             tracker = cls(state)
-            if not h.clean and h.boot_id != boot_id and not h.durable:
-                tracker.new_generation("unclean shutdown across a reboot")
-            elif h.clean and identity != (h.image_ino, h.image_size, h.image_mtime_ns):
-                tracker.new_generation("the volume changed while it was not tracked")
+            if not h.clean:
+                across = "across a reboot" if h.boot_id != boot_id else "the process was killed"
+                tracker.new_generation(f"the tracker was not closed cleanly ({across})")
+            elif h.version < 2:
+                tracker.new_generation("tracker state from an older version (it could not see every write)")
+            elif identity != (h.image_ino, h.image_size, h.image_ctime_ns):
+                tracker.new_generation("the image was written while it was not tracked")
         tracker.header.clean = False
         tracker.header.boot_id = boot_id
         tracker._state.commit(durable=True)
         return tracker
 
-    def close(self, identity: tuple[int, int, int]) -> None:
+    def close(self, identity: Identity) -> None:
         """Record a clean shutdown; the caller has made the volume's data durable first."""
         self._state.sync()
         self.header.clean = True
-        self.header.image_ino, self.header.image_size, self.header.image_mtime_ns = identity
+        self.header.image_ino, self.header.image_size, self.header.image_ctime_ns = identity
         self._state.commit(durable=True)
         self._state.close()
 

@@ -24,7 +24,8 @@ from pathlib import Path
 from cbtbackup.engine.errors import TrackerStateError, VolumeLockedError
 
 MAGIC = b"CBTTRACK"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the identity holds ctime where 1 held mtime
+READABLE_VERSIONS = (1, 2)
 SLOT_SIZE = 4096
 _HEADER = struct.Struct("<8sIQ16sIIQBBBB16sQQQ64s")
 _CRC = struct.Struct("<I")
@@ -56,15 +57,17 @@ class TrackerHeader:
     boot_id: bytes = bytes(16)
     image_ino: int = 0
     image_size: int = 0
-    image_mtime_ns: int = 0
+    image_ctime_ns: int = 0
     reset_reason: str = ""
     seq: int = 0
+    version: int = FORMAT_VERSION
 
     def pack(self) -> bytes:
+        self.version = FORMAT_VERSION  # whatever was read, what is written is the current format
         body = _HEADER.pack(
             MAGIC, FORMAT_VERSION, self.seq, self.generation, self.block_size, self.block_count,
             self.capacity, self.previous, self.active, int(self.clean), int(self.durable), self.boot_id,
-            self.image_ino, self.image_size, self.image_mtime_ns,
+            self.image_ino, self.image_size, self.image_ctime_ns,
             self.reset_reason.encode()[:64],
         )
         return body + _CRC.pack(zlib.crc32(body))
@@ -77,13 +80,13 @@ class TrackerHeader:
         if zlib.crc32(body) != crc:
             return None
         (magic, version, seq, generation, block_size, block_count, capacity, previous, active, clean,
-         durable, boot_id, ino, size, mtime, reason) = _HEADER.unpack(body)
+         durable, boot_id, ino, size, stamp, reason) = _HEADER.unpack(body)
         if magic != MAGIC:
             return None
-        if version != FORMAT_VERSION:
+        if version not in READABLE_VERSIONS:
             raise TrackerStateError(f"tracker state format {version} is not supported (this is {FORMAT_VERSION})")
         return cls(generation, block_size, block_count, capacity, previous, active, bool(clean), bool(durable),
-                   boot_id, ino, size, mtime, reason.rstrip(b"\0").decode(errors="replace"), seq)
+                   boot_id, ino, size, stamp, reason.rstrip(b"\0").decode(errors="replace"), seq, version)
 
 
 class TrackerStateFile:

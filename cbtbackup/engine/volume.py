@@ -3,17 +3,28 @@
 The write path, under the volume's write lock: mark the tracking blocks, preserve the chunks a held
 snapshot still needs, then write the data. Marking first is what makes the map never under-report, even
 when the process is killed between the two.
+
+Writes that do not come through here are invisible to the map, so the volume also keeps track of whether
+it could have missed one since the last snapshot was taken (its *blind reason*); a snapshot taken while it
+is blind starts a new CBT generation, which makes the next incremental a scan:
+- an image file is watched with a write lease (:mod:`.lease`) for as long as it is open: another process
+  opening it for writing breaks the lease before it can write, and the volume becomes blind (and a snapshot
+  it holds is no longer consistent); while closed, the identity check of :mod:`.file_identity` stands in;
+- a block device has no leases and no ctime that writes update: the engine sees its writes only while it
+  holds the device open (exclusively), so every open starts a new generation.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import threading
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
+from cbtbackup.engine import lease
 from cbtbackup.engine.cbt import CbtInfo
 from cbtbackup.engine.cow import CowFilter
 from cbtbackup.engine.errors import (
@@ -22,9 +33,10 @@ from cbtbackup.engine.errors import (
     OutOfRangeError,
     SnapshotBusyError,
 )
+from cbtbackup.engine.file_identity import image_identity, settled_identity
 from cbtbackup.engine.geometry import check_block_size, tracking_block_size
 from cbtbackup.engine.source_file import open_image_or_device
-from cbtbackup.engine.tracker import STATE_FILE, ChangeTracker, image_identity
+from cbtbackup.engine.tracker import STATE_FILE, ChangeTracker
 from cbtbackup.engine.tracker_state import StateDirLock
 from cbtbackup.errors import StorageError, UsageError
 
@@ -32,6 +44,7 @@ if TYPE_CHECKING:
     from cbtbackup.engine.snapshot import Snapshot
 
 DEVICE_STATE_ROOT = Path("/var/lib/cbtbackup/devices")
+BLOCK_DEVICE_REASON = "block device opened: writes while it was not held are unseen"
 
 
 def default_state_dir(path: Path) -> Path:
@@ -62,6 +75,8 @@ class TrackedVolume:
         self._holder: Snapshot | None = None
         self.size = tracker.header.capacity
         self.closed = False
+        self.is_file = stat.S_ISREG(os.fstat(fd).st_mode)
+        self._blind: str | None = None  # why a write since the last take may have gone unseen
 
     # -- opening -------------------------------------------------------------------------------------------
 
@@ -73,13 +88,14 @@ class TrackedVolume:
         *,
         state_dir: str | os.PathLike[str] | None = None,
         durable: bool = False,
+        exclusive: bool = True,
     ) -> TrackedVolume:
         """Start tracking ``path`` (a new generation) and return it open.
 
         ``durable`` syncs each newly marked map page before the data it describes, so the map stays
         trustworthy even after a power loss, at the cost of a sync on the first write to each block.
         """
-        p, sd, fd, st, capacity = _open_volume(path, state_dir)
+        p, sd, fd, st, capacity = _open_volume(path, state_dir, exclusive)
         with contextlib.ExitStack() as undo:  # undone only if something below fails
             undo.callback(os.close, fd)
             if capacity == 0:
@@ -93,21 +109,38 @@ class TrackedVolume:
             ChangeTracker.create(sd, capacity, bs, durable, image_identity(st)).close(image_identity(st))
             tracker = ChangeTracker.load(sd, capacity, image_identity(st))
             undo.pop_all()
-        return cls(p, sd, fd, lock, tracker)
+        vol = cls(p, sd, fd, lock, tracker)
+        vol._watch()
+        return vol
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], *, state_dir: str | os.PathLike[str] | None = None) -> TrackedVolume:
-        """Reopen a tracked volume, applying the crash rules (which may start a new generation)."""
-        p, sd, fd, st, capacity = _open_volume(path, state_dir)
+    def open(
+        cls, path: str | os.PathLike[str], *, state_dir: str | os.PathLike[str] | None = None, exclusive: bool = True
+    ) -> TrackedVolume:
+        """Reopen a tracked volume, applying the crash rules (which may start a new generation).
+
+        ``exclusive`` (the default) opens a block device with ``O_EXCL``; the blksnap simulator, which stands
+        in for a filter under a mounted file system, does without.
+        """
+        p, sd, fd, st, capacity = _open_volume(path, state_dir, exclusive)
         with contextlib.ExitStack() as undo:  # undone only if something below fails
             undo.callback(os.close, fd)
             if not (sd / STATE_FILE).is_file():
                 raise NotTrackedError(f"{p} is not tracked (no state in {sd}); start tracking it first")
             lock = StateDirLock(sd)
             undo.callback(lock.release)
-            tracker = ChangeTracker.load(sd, capacity, image_identity(st))
+            # The lease first, then the identity: a write between the two changes the identity.
+            sink = _OpenSink()
+            blind = _watch_fd(fd, p, sink) if stat.S_ISREG(st.st_mode) else None
+            undo.callback(lease.unwatch, fd)
+            tracker = ChangeTracker.load(sd, capacity, image_identity(os.fstat(fd)))
+            if not stat.S_ISREG(st.st_mode):
+                tracker.new_generation(BLOCK_DEVICE_REASON)
             undo.pop_all()
-        return cls(p, sd, fd, lock, tracker)
+        vol = cls(p, sd, fd, lock, tracker)
+        vol._blind = blind
+        sink.attach(vol)
+        return vol
 
     # -- data ----------------------------------------------------------------------------------------------
 
@@ -185,7 +218,11 @@ class TrackedVolume:
             self._holder.destroy()
         with self._write_lock:
             os.fsync(self._fd)
-            self._tracker.close(image_identity(os.fstat(self._fd)))
+            if self._blind is not None:  # the identity recorded below may already include a foreign write
+                self._tracker.new_generation(self._blind)
+            identity = settled_identity(self._fd)  # still under the lease: nobody else writes meanwhile
+            lease.unwatch(self._fd)
+            self._tracker.close(identity)
             os.close(self._fd)
             self._lock.release()
             self.closed = True
@@ -211,6 +248,30 @@ class TrackedVolume:
                 raise SnapshotBusyError(f"{self.path} is already in another snapshot")
             self._holder = snapshot
 
+    def _before_take(self) -> None:
+        """Under the write lock, just before the tracker switches: a blind map starts a new generation."""
+        if self._blind is not None:
+            self._tracker.new_generation(self._blind)
+            self._blind = None
+        if self.is_file and not lease.holds(self._fd):
+            self._blind = self._watch()
+
+    def _watch(self) -> str | None:
+        """Start watching an image file; the reason it cannot be watched, or None."""
+        if not self.is_file:
+            return None
+        self._blind = _watch_fd(self._fd, self.path, self._opened_elsewhere)
+        return self._blind
+
+    def _opened_elsewhere(self, writer: bool) -> None:
+        """Another process opened the image (the lease watcher calls this before that open returns)."""
+        how = "for writing" if writer else "to read it"
+        self._blind = f"another process opened the image {how}"
+        holder = self._holder
+        if writer and holder is not None:
+            holder._lose(f"another process opened {self.path} for writing while the snapshot was held; "
+                         "writes that bypass cbtbackup make the snapshot inconsistent")
+
     def _release(self, snapshot: Snapshot) -> None:
         with self._write_lock:
             if self._holder is snapshot:
@@ -226,10 +287,42 @@ class TrackedVolume:
             )
 
 
+class _OpenSink:
+    """Holds a lease break that came while the volume was still being opened, until it exists."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._volume: TrackedVolume | None = None
+        self._pending: bool | None = None
+
+    def __call__(self, writer: bool) -> None:
+        with self._lock:
+            if self._volume is None:
+                self._pending = writer
+                return
+            volume = self._volume
+        volume._opened_elsewhere(writer)
+
+    def attach(self, volume: TrackedVolume) -> None:
+        with self._lock:
+            self._volume, pending = volume, self._pending
+        if pending is not None:
+            volume._opened_elsewhere(pending)
+
+
+def _watch_fd(fd: int, path: Path, on_open: lease.OnOpen) -> str | None:
+    try:
+        lease.watch(fd, on_open)
+    except lease.LeaseUnavailable as e:
+        return f"writes around the engine cannot be seen: {e.reason}"[:64]
+    return None
+
+
 def _open_volume(
-    path: str | os.PathLike[str], state_dir: str | os.PathLike[str] | None
+    path: str | os.PathLike[str], state_dir: str | os.PathLike[str] | None, exclusive: bool
 ) -> tuple[Path, Path, int, os.stat_result, int]:
     p = Path(path)
-    fd, st, size = open_image_or_device(p, os.O_RDWR)
+    # A block device is opened exclusively: nothing can mount it, or hold it exclusively, meanwhile.
+    fd, st, size = open_image_or_device(p, os.O_RDWR, exclusive=exclusive)
     sd = Path(state_dir) if state_dir is not None else default_state_dir(p)
     return p, sd, fd, st, size

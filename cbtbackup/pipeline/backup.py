@@ -179,6 +179,9 @@ def _plan(
         else:
             decision = plan_incremental(prev.cbt, session.cbt.info)
             decision_ok, reason = decision.use_cbt, decision.reason
+            if prev.cbt is not None and prev.cbt.generation_id != session.cbt.info.generation_id \
+                    and session.cbt.reset_reason:
+                reason = f"the CBT generation changed since the previous backup ({session.cbt.reset_reason})"
         if decision_ok and prev.cbt is not None:
             info = session.cbt.info
             runs = list(changed_runs(session.cbt.map, prev.cbt.changes_number))

@@ -136,7 +136,8 @@ def test_daemon_killed_while_writing(cli: RunCli, attached_image: Attached, tmp_
     assert subprocess.run(["fsck.ext4", "-n", "-f", vol.loop], capture_output=True).returncode == 0
     inc = cli("incr", "-r", repo, vol.loop, "--json")
     assert inc.code == 0, inc.err
-    assert inc.json["method"] == "cbt"  # same boot: the crash rule keeps the generation
+    assert inc.json["method"] == "scan"  # a killed tracker is never trusted
+    assert any("not closed cleanly" in n for n in inc.json["notes"]), inc.json["notes"]
     assert cli("detach", vol.mountdir).code == 0
     restored = tmp_path / "restored.img"
     assert cli("restore", "-r", repo, "latest", restored).code == 0

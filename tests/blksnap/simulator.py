@@ -247,7 +247,7 @@ class KernelSimulator:
                 raise OSError(errno.EALREADY, "attached already")
             path = self._device_path(rdev)
             state = self.state_root / f"{os.major(rdev)}-{os.minor(rdev)}"
-            self.devices[rdev] = SimDevice(path, rdev, TrackedVolume.track(path, state_dir=state))
+            self.devices[rdev] = SimDevice(path, rdev, TrackedVolume.track(path, state_dir=state, exclusive=False))
             self._sysfs(rdev, "blksnap")
         elif nr == 143:
             self._maybe_fail("BLKFILTER_DETACH")

@@ -187,7 +187,7 @@ class Daemon:
             snap = self._snapshots.get(str(request.get("name")))
             if snap is None:
                 raise NotFoundError("no such snapshot")
-            return {"error_code": snap.error_code}
+            return {"error_code": snap.error_code, "failure": snap.failure}
         if op == "detach":
             if self.loop is not None and (where := system_tools.mounted_at(self.loop)) is not None:
                 raise BusyError(f"{self.loop} is mounted at {where}; unmount it first")
@@ -217,7 +217,7 @@ class Daemon:
             conn.snapshots.append(name)
         leaf = self.fs.expose(name, snap.image(self.volume))
         return {"name": name, "path": str(self.mountdir / leaf), "cbt": info.to_dict(),
-                "map": base64.b64encode(cbt_map).decode()}
+                "map": base64.b64encode(cbt_map).decode(), "reset_reason": self.volume.reset_reason}
 
     def _release(self, name: str) -> None:
         self.fs.hide(name)

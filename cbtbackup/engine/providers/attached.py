@@ -24,7 +24,8 @@ class AttachedSession(SnapshotSession):
             answer = self._client.call("snapshot", freeze=freeze)
             self._name = str(answer["name"])
             info = CbtInfo.from_dict(answer["cbt"])
-            self.cbt: CbtState | None = CbtState(info, base64.b64decode(answer["map"]))
+            self.cbt: CbtState | None = CbtState(info, base64.b64decode(answer["map"]),
+                                                 str(answer.get("reset_reason", "")))
             self._reader = FileReader(Path(answer["path"]))
         except BaseException:
             self._client.close()
@@ -32,8 +33,10 @@ class AttachedSession(SnapshotSession):
         self.image = self._reader
 
     def check_intact(self) -> None:
-        code = int(self._client.call("check", name=self._name)["error_code"])
-        if code:
+        answer = self._client.call("check", name=self._name)
+        if answer.get("failure"):
+            raise SnapshotFailedError(f"snapshot is no longer consistent: {answer['failure']}")
+        if int(answer["error_code"]):
             raise SnapshotFailedError("the snapshot overflowed its difference storage during the backup")
 
     def close(self) -> None:

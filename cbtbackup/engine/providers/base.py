@@ -30,6 +30,7 @@ class CbtState:
 
     info: CbtInfo
     map: bytes
+    reset_reason: str = ""  # why the current generation started, for the one-line note of a scan
 
 
 class SnapshotSession(abc.ABC):

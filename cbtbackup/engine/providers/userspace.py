@@ -29,7 +29,9 @@ class UserspaceSession(SnapshotSession):
             self._volume.close()
             raise
         self.image: SnapshotImage = self._snapshot.image(self._volume)
-        self.cbt: CbtState | None = CbtState(self._volume.cbt_info(), self._volume.cbt_map())
+        self.cbt: CbtState | None = CbtState(
+            self._volume.cbt_info(), self._volume.cbt_map(), self._volume.reset_reason
+        )
 
     def check_intact(self) -> None:
         self._snapshot.check_intact()
