@@ -20,13 +20,16 @@ from typing import Any, Literal
 from cbtbackup.engine.cbt import changed_runs, plan_incremental
 from cbtbackup.engine.providers import BlksnapProvider, SnapshotSession, choose_provider
 from cbtbackup.errors import UsageError
-from cbtbackup.model.extent_map import ZERO_DIGEST, ExtentMap, overlay
+from cbtbackup.model.extent_map import ZERO_DIGEST, ExtentMap, Piece, overlay
 from cbtbackup.pipeline.plan import Extent, aligned_extents, cbt_extents
 from cbtbackup.pipeline.progress import NullProgress, Progress
+from cbtbackup.pipeline.scan_compare import PreviousImage
 from cbtbackup.pipeline.workers import BoundedSubmitter, PipelineConfig
 from cbtbackup.repo.chunk_codec import digest_of
 from cbtbackup.repo.manifest import BackupRef, BackupStats, Manifest, check_name
 from cbtbackup.repo.repository import Repository
+
+SCAN_BLOCK = 64 << 10  # what a scan compares at when nothing tracks the source: blksnap's tracking block
 
 
 class SourceSizeChangedError(UsageError):
@@ -135,10 +138,10 @@ def backup_session(
             f"{session.source} is {size} bytes but its previous backup {prev_manifest.ref.id} was "
             f"{prev_manifest.device_size}; run a full backup"
         )
-    method, extents, total, expected = _plan(session, prev_manifest, prev_map, repo.config.chunk_size, note)
+    method, extents, total, previous = _plan(session, prev_manifest, prev_map, repo, note)
     progress.start(total, f"{'full' if prev_map is None else 'incr'} {name}")
     writer = _ChunkWriter(repo, known=_digests(prev_map) if prev_map is not None else set())
-    own = _run_chunks(session, extents, expected, writer, progress, config, repo)
+    own = _run_chunks(session, extents, previous, writer, progress, config, repo)
     progress.finish()
     session.check_intact()  # a snapshot that lost data while it was read must not become a backup
     resolved = own if prev_map is None else overlay(own, prev_map)
@@ -166,11 +169,11 @@ def _plan(
     session: SnapshotSession,
     prev: Manifest | None,
     prev_map: ExtentMap | None,
-    chunk_size: int,
+    repo: Repository,
     note: Any,
-) -> tuple[str, Iterator[Extent], int, _Expectations | None]:
+) -> tuple[str, Iterator[Extent], int, PreviousImage | None]:
     """Method, extents to read, bytes to read, and what a scan compares against."""
-    size = session.image.size
+    size, chunk_size = session.image.size, repo.config.chunk_size
     if prev is None or prev_map is None:
         return "full", aligned_extents(size, chunk_size), size, None
     if session.cbt is not None:
@@ -188,32 +191,14 @@ def _plan(
             total = sum(min(size, (f + n) * info.block_size) - f * info.block_size for f, n in runs)
             return "cbt", cbt_extents(runs, info.block_size, size, chunk_size), total, None
         note(f"scan incremental: {reason}")
-    return "scan", aligned_extents(size, chunk_size), size, _Expectations(prev_map)
+    block_size = session.cbt.info.block_size if session.cbt is not None else SCAN_BLOCK
+    if prev.cbt is not None:
+        block_size = min(block_size, prev.cbt.block_size)
+    return "scan", aligned_extents(size, chunk_size), size, PreviousImage(prev_map, repo.get_chunk, block_size)
 
 
 def _digests(m: ExtentMap) -> set[bytes]:
     return {m.digest_at(i) for i in range(len(m))} - {ZERO_DIGEST}
-
-
-class _Expectations:
-    """For a scan: the digest an extent had in the previous backup, when one whole chunk held it."""
-
-    def __init__(self, prev: ExtentMap) -> None:
-        self._prev = prev
-        self._i = 0
-
-    def expected(self, offset: int, length: int) -> bytes | None:
-        m, end = self._prev, offset + length
-        while self._i < len(m) and m[self._i].end <= offset:
-            self._i += 1
-        i, all_zero = self._i, True
-        while i < len(m) and m[i].offset < end:
-            piece = m[i]
-            if piece.offset == offset and piece.length == length and piece.chunk_offset == 0:
-                return piece.digest
-            all_zero = all_zero and piece.is_zero
-            i += 1
-        return ZERO_DIGEST if all_zero and i > self._i else None
 
 
 class _ChunkWriter:
@@ -257,7 +242,7 @@ def _is_zero(data: bytes) -> bool:
 def _run_chunks(
     session: SnapshotSession,
     extents: Iterator[Extent],
-    expectations: _Expectations | None,
+    previous: PreviousImage | None,
     writer: _ChunkWriter,
     progress: Progress,
     config: PipelineConfig,
@@ -265,13 +250,30 @@ def _run_chunks(
 ) -> ExtentMap:
     results = _Results()
 
-    def process(seq: int, data: bytes, expected: bytes | None) -> None:
+    def process(seq: int, data: bytes, pieces: list[Piece] | None) -> None:
         digest = ZERO_DIGEST if _is_zero(data) else digest_of(data)
-        if digest != expected:
+        if pieces is None or previous is None:
             if digest != ZERO_DIGEST:
                 writer.store(digest, data)
             results.keep(seq, digest)
             writer.count_changed(len(data))
+        else:
+            offset = results.offset(seq)
+            parts = previous.changed_parts(offset, data, digest, pieces)
+            if parts == [(offset, len(data))]:
+                if digest != ZERO_DIGEST:
+                    writer.store(digest, data)
+                results.keep(seq, digest)
+            else:
+                stored = []
+                for start, length in parts:
+                    piece = data[start - offset: start - offset + length]
+                    d = ZERO_DIGEST if _is_zero(piece) else digest_of(piece)
+                    if d != ZERO_DIGEST:
+                        writer.store(d, piece)
+                    stored.append((start, length, d))
+                results.keep_parts(seq, stored)
+            writer.count_changed(sum(length for _, length in parts))
         progress.advance(len(data))
 
     workers = config.worker_count(repo.store.capabilities().parallelism)
@@ -281,8 +283,8 @@ def _run_chunks(
         for offset, length in extents:
             data = session.image.read(offset, length)
             writer.stats.bytes_scanned += length
-            expected = expectations.expected(offset, length) if expectations else None
-            submitter.submit(length, process, results.plan(offset, length), data, expected)
+            pieces = previous.pieces(offset, length) if previous else None
+            submitter.submit(length, process, results.plan(offset, length), data, pieces)
         submitter.drain()
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
@@ -300,7 +302,8 @@ class _Results:
         self._offsets = array("Q")
         self._lengths = array("I")
         self._digests = bytearray()
-        self._kept = bytearray()
+        self._kept = bytearray()  # 0: unchanged, 1: kept whole, 2: kept in parts
+        self._parts: dict[int, list[tuple[int, int, bytes]]] = {}
 
     def plan(self, offset: int, length: int) -> int:
         self._offsets.append(offset)
@@ -309,13 +312,24 @@ class _Results:
         self._kept.append(0)
         return len(self._kept) - 1
 
+    def offset(self, seq: int) -> int:
+        return self._offsets[seq]
+
     def keep(self, seq: int, digest: bytes) -> None:
         self._digests[seq * 32: seq * 32 + 32] = digest
         self._kept[seq] = 1
 
+    def keep_parts(self, seq: int, parts: list[tuple[int, int, bytes]]) -> None:
+        """A scan kept only some runs of the extent (a dict entry: rare, one per partly changed extent)."""
+        self._parts[seq] = parts
+        self._kept[seq] = 2
+
     def to_map(self) -> ExtentMap:
         out = ExtentMap()
         for seq, kept in enumerate(self._kept):
-            if kept:
+            if kept == 1:
                 out.append(self._offsets[seq], self._lengths[seq], bytes(self._digests[seq * 32: seq * 32 + 32]))
+            elif kept == 2:
+                for offset, length, digest in self._parts[seq]:
+                    out.append(offset, length, digest)
         return out

@@ -28,7 +28,7 @@ def test_opening_an_untracked_file(make_image: MakeImage) -> None:
 
 
 def test_missing_file_directory_and_empty_file(tmp_path: Path) -> None:
-    with pytest.raises(NotFoundError, match="(?i)no such file"):
+    with pytest.raises(NotFoundError, match=r"(?i)no such file"):
         TrackedVolume.track(tmp_path / "nope.img")
     with pytest.raises(UsageError, match="directory"):
         TrackedVolume.track(tmp_path)
