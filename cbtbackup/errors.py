@@ -29,9 +29,13 @@ import errno
 
 
 class CbtError(Exception):
-    """Root of every error cbtbackup raises on purpose."""
+    """Root of every error cbtbackup raises on purpose; ``details`` joins the ``--json`` error object."""
 
     exit_code = 1
+
+    def __init__(self, *args: object, details: dict[str, object] | None = None) -> None:
+        super().__init__(*args)
+        self.details = details or {}
 
 
 class UsageError(CbtError):

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
+import signal
 import sys
+import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from types import FrameType
 from typing import Any, TypeVar
 
 import click
@@ -18,6 +22,11 @@ from cbtbackup.errors import CbtError
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_INTERNAL = 70
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: unwinds exactly like Ctrl-C, so every clean-up that Ctrl-C runs runs for it too."""
 
 
 # Commands load on first use, so `cbtbackup --help` imports neither the engine nor the stores.
@@ -85,27 +94,57 @@ def emit(as_json: bool, payload: dict[str, Any], lines: list[str]) -> None:
             click.echo(line)
 
 
-def fail(message: str, code: int) -> int:
+def warn(message: str) -> None:
+    """A line on stderr that is not an error (a damaged object passed over, a fallback taken)."""
+    click.echo(f"cbtbackup: warning: {message}", err=True)
+
+
+def fail(message: str, code: int, as_json: bool = False, details: dict[str, Any] | None = None) -> int:
+    """One line on stderr; with ``--json`` also one JSON object on stdout, for scripts."""
     click.echo(f"cbtbackup: error: {message}", err=True)
+    if as_json:
+        click.echo(json.dumps({"error": message, "exit_code": code, **(details or {})}, sort_keys=True))
     return code
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run a command and map every error to one line on stderr and an exit code."""
+    args = sys.argv[1:] if argv is None else argv
+    as_json = "--json" in args
     try:
-        cli.main(args=argv, prog_name="cbtbackup", standalone_mode=False)
+        with _sigterm_unwinds():
+            cli.main(args=args, prog_name="cbtbackup", standalone_mode=False)
     except click.exceptions.Exit as e:
         return e.exit_code
     except click.ClickException as e:
-        return fail(e.format_message(), 2)
+        return fail(e.format_message(), 2, as_json)
+    except Terminated:
+        return fail("terminated", EXIT_TERMINATED, as_json)
     except (click.exceptions.Abort, KeyboardInterrupt):
-        return fail("interrupted", EXIT_INTERRUPTED)
+        return fail("interrupted", EXIT_INTERRUPTED, as_json)
     except CbtError as e:
-        return fail(str(e), e.exit_code)
+        return fail(str(e), e.exit_code, as_json, e.details)
     except Exception as e:  # a bug: still one line, with the traceback on request
         if os.environ.get("CBTBACKUP_DEBUG"):
             traceback.print_exc()
-        return fail(f"internal error: {type(e).__name__}: {e} (set CBTBACKUP_DEBUG=1 for details)", EXIT_INTERNAL)
+        return fail(f"internal error: {type(e).__name__}: {e} (set CBTBACKUP_DEBUG=1 for details)", EXIT_INTERNAL,
+                    as_json)
     return 0
 
 

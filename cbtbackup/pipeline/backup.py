@@ -9,19 +9,18 @@ manifest is written last, after the chunks are durable, and the snapshot is dest
 from __future__ import annotations
 
 import dataclasses
-import re
 import threading
 import time
 from array import array
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, Literal
 
 from cbtbackup.engine.cbt import changed_runs, plan_incremental
 from cbtbackup.engine.providers import BlksnapProvider, SnapshotSession, choose_provider
-from cbtbackup.errors import UsageError
+from cbtbackup.errors import CorruptDataError, UsageError
 from cbtbackup.model.extent_map import ZERO_DIGEST, ExtentMap, Piece, overlay
-from cbtbackup.pipeline.plan import Extent, aligned_extents, cbt_extents
+from cbtbackup.pipeline.chains import chain_for, this_host
+from cbtbackup.pipeline.plan import Extent, aligned_extents, cbt_extents, lost_runs, merge_runs
 from cbtbackup.pipeline.progress import NullProgress, Progress
 from cbtbackup.pipeline.scan_compare import PreviousImage
 from cbtbackup.pipeline.workers import BoundedSubmitter, PipelineConfig
@@ -46,6 +45,7 @@ class BackupOptions:
     freeze: str | None = None  # a mounted file system to freeze around the take (attached volumes)
     diff_storage: str | None = None  # blksnap: where the module keeps old chunks
     diff_storage_limit: int | None = None
+    rename_source: bool = False  # allow --name's chain to hold backups of another source path
 
 
 @dataclasses.dataclass
@@ -69,12 +69,6 @@ class BackupResult:
         }
 
 
-def default_name(source: str) -> str:
-    """A chain name from the source's file name: ``/srv/vm/disk.img`` → ``disk.img``."""
-    base = Path(source).name or "volume"
-    return check_name(re.sub(r"[^A-Za-z0-9._-]", "_", base).lstrip("._-") or "volume")
-
-
 def run_backup(
     repo: Repository,
     options: BackupOptions,
@@ -84,7 +78,8 @@ def run_backup(
     """Snapshot one source and back it up into its chain."""
     provider = choose_provider(options.source, options.provider, state_dir=options.state_dir, freeze=options.freeze,
                                diff_storage=options.diff_storage, diff_storage_limit=options.diff_storage_limit)
-    name = check_name(options.name) if options.name else default_name(provider.source)
+    name = chain_for(repo, provider.source, check_name(options.name) if options.name else None,
+                     options.rename_source)
     with provider.open_snapshot() as session:
         return backup_session(repo, session, options.kind, name, progress, config)
 
@@ -104,7 +99,8 @@ def run_device_group_backup(
     provider = BlksnapProvider(devices, options.diff_storage, options.diff_storage_limit)
     group = provider.open_group()
     try:
-        return [backup_session(repo, session, options.kind, default_name(session.source), progress, config)
+        return [backup_session(repo, session, options.kind, chain_for(repo, session.source, None, False),
+                               progress, config)
                 for session in group.sessions]
     finally:
         group.close()
@@ -132,15 +128,24 @@ def backup_session(
     if kind == "incr" and parent is None:
         note(f"no previous backup named {name!r}: taking a full backup")
     size = session.image.size
-    prev_manifest, prev_map = repo.resolve(parent) if parent else (None, None)
+    prev_manifest, prev_map = None, None
+    if parent is not None:
+        try:
+            prev_manifest, prev_map = repo.resolve(parent)
+        except CorruptDataError as e:  # a damaged history never blocks a backup: start a new chain
+            note(f"the previous backup {parent.id} cannot be used ({e}): taking a full backup")
+            parent = None
     if prev_manifest is not None and prev_manifest.device_size != size:
         raise SourceSizeChangedError(
             f"{session.source} is {size} bytes but its previous backup {prev_manifest.ref.id} was "
             f"{prev_manifest.device_size}; run a full backup"
         )
-    method, extents, total, previous = _plan(session, prev_manifest, prev_map, repo, note)
+    lost = repo.quarantined_chunks() if prev_map is not None else set()
+    method, extents, total, previous = _plan(session, prev_manifest, prev_map, repo, lost, note)
     progress.start(total, f"{'full' if prev_map is None else 'incr'} {name}")
-    writer = _ChunkWriter(repo, known=_digests(prev_map) if prev_map is not None else set())
+    # Chunks of the chain are known to exist — except those verify found bad or missing.
+    known = _digests(prev_map) - lost if prev_map is not None else set()
+    writer = _ChunkWriter(repo, known=known)
     own = _run_chunks(session, extents, previous, writer, progress, config, repo)
     progress.finish()
     session.check_intact()  # a snapshot that lost data while it was read must not become a backup
@@ -153,6 +158,7 @@ def backup_session(
         parent=parent if prev_map is not None else None,
         created=time.time(),
         source=session.source,
+        host=this_host(),
         provider=session.provider,
         device_size=size,
         chunk_size=repo.config.chunk_size,
@@ -170,6 +176,7 @@ def _plan(
     prev: Manifest | None,
     prev_map: ExtentMap | None,
     repo: Repository,
+    lost: set[bytes],
     note: Any,
 ) -> tuple[str, Iterator[Extent], int, PreviousImage | None]:
     """Method, extents to read, bytes to read, and what a scan compares against."""
@@ -188,13 +195,17 @@ def _plan(
         if decision_ok and prev.cbt is not None:
             info = session.cbt.info
             runs = list(changed_runs(session.cbt.map, prev.cbt.changes_number))
+            damaged = lost_runs(prev_map, lost, info.block_size)
+            if damaged:  # read again what the chain lost, so this backup stores it anew
+                note(f"re-reading {len(damaged)} range(s) whose chunks verify found bad or missing")
+                runs = merge_runs(runs, damaged)
             total = sum(min(size, (f + n) * info.block_size) - f * info.block_size for f, n in runs)
             return "cbt", cbt_extents(runs, info.block_size, size, chunk_size), total, None
         note(f"scan incremental: {reason}")
     block_size = session.cbt.info.block_size if session.cbt is not None else SCAN_BLOCK
     if prev.cbt is not None:
         block_size = min(block_size, prev.cbt.block_size)
-    return "scan", aligned_extents(size, chunk_size), size, PreviousImage(prev_map, repo.get_chunk, block_size)
+    return "scan", aligned_extents(size, chunk_size), size, PreviousImage(prev_map, repo.get_chunk, block_size, lost)
 
 
 def _digests(m: ExtentMap) -> set[bytes]:

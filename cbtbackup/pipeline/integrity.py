@@ -1,4 +1,16 @@
-"""Checking stored chunks, and naming the backups a bad chunk breaks."""
+"""Checking a repository, healing what can be healed, and naming the backups a bad chunk breaks.
+
+``verify`` reads every chunk the chosen backups need. A chunk that fails its checks is moved into
+quarantine (a missing one is recorded there), so no later backup trusts it: the next backup that reads
+those bytes from the source stores them again — and because chunks are named by their content, that heals
+every older backup that used the same bytes. Backups whose lost bytes never come back stay damaged, and
+verify names them. A manifest that cannot be read is reported and passed over; the other backups are
+still checked.
+
+``verify --repair`` does this for the whole repository: every chunk object stored (also those no backup
+needs), every manifest (unreadable ones are moved into quarantine, so that listing and restoring the
+others never meet them again), and clears quarantine entries whose chunks are whole again.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +18,17 @@ import dataclasses
 import threading
 from typing import Any
 
-from cbtbackup.errors import CbtError, CorruptDataError, NotFoundError
+from cbtbackup.errors import CbtError, CorruptDataError
 from cbtbackup.model.extent_map import ZERO_DIGEST
 from cbtbackup.pipeline.progress import NullProgress, Progress
 from cbtbackup.pipeline.workers import BoundedSubmitter, PipelineConfig
-from cbtbackup.repo.chunk_codec import CorruptChunkError
+from cbtbackup.repo.chunk_codec import CorruptChunkError, MissingChunkError
 from cbtbackup.repo.manifest import BackupRef
-from cbtbackup.repo.repository import Repository
+from cbtbackup.repo.repository import CHUNKS_PREFIX, Repository
 
 
 class DamagedBackupError(CorruptDataError):
-    """Chunks some backups need are corrupt or missing."""
+    """Chunks or manifests some backups need are corrupt or missing."""
 
 
 def backups_needing(repo: Repository, digests: set[bytes]) -> dict[bytes, list[BackupRef]]:
@@ -33,17 +45,16 @@ def backups_needing(repo: Repository, digests: set[bytes]) -> dict[bytes, list[B
     return needed
 
 
-def _describe(bad: dict[bytes, str], needed: dict[bytes, list[BackupRef]]) -> str:
-    parts = []
-    for digest, why in bad.items():
-        users = ", ".join(f"{r.id} ({r.name})" for r in needed.get(digest, [])) or "none"
-        parts.append(f"chunk {digest.hex()} {why}; backups affected: {users}")
-    return "; ".join(parts)
+def _names(refs: list[BackupRef]) -> str:
+    return ", ".join(f"{r.id} ({r.name})" for r in refs) or "none"
 
 
 def explain_corruption(repo: Repository, error: CorruptChunkError) -> DamagedBackupError:
     needed = backups_needing(repo, {error.digest})
-    return DamagedBackupError(_describe({error.digest: "is corrupt"}, needed))
+    return DamagedBackupError(
+        f"{error}; backups affected: {_names(needed[error.digest])}; 'cbtbackup verify' quarantines a bad "
+        "chunk, and the next backup of the source stores its bytes again"
+    )
 
 
 @dataclasses.dataclass
@@ -51,60 +62,127 @@ class VerifyResult:
     backups: list[BackupRef]
     chunks_checked: int
     bytes_checked: int
+    quarantined: dict[str, str] = dataclasses.field(default_factory=dict)  # object key -> why
+    unreadable: dict[str, str] = dataclasses.field(default_factory=dict)  # manifest key -> why
+    damaged: list[BackupRef] = dataclasses.field(default_factory=list)  # backups still missing bytes
+    healed: list[str] = dataclasses.field(default_factory=list)  # quarantine entries cleared
+
+    @property
+    def ok(self) -> bool:
+        return not (self.quarantined or self.unreadable or self.damaged)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "backups": [r.id for r in self.backups],
             "chunks_checked": self.chunks_checked,
             "bytes_checked": self.bytes_checked,
-            "ok": True,
+            "quarantined": self.quarantined,
+            "unreadable_manifests": self.unreadable,
+            "damaged_backups": [r.id for r in self.damaged],
+            "healed": self.healed,
+            "ok": self.ok,
         }
+
+    def problem(self) -> str:
+        """One line naming what is wrong (for the error a damaged repository ends with)."""
+        parts = []
+        if self.quarantined:
+            parts.append("quarantined " + "; ".join(f"{k} ({why})" for k, why in self.quarantined.items()))
+        if self.unreadable:
+            parts.append("unreadable manifests " + "; ".join(f"{k} ({why})" for k, why in self.unreadable.items()))
+        parts.append(f"backups still damaged: {_names(self.damaged)}")
+        return "; ".join(parts)
 
 
 def run_verify(
-    repo: Repository, backup: str | None, progress: Progress | None = None, config: PipelineConfig | None = None
+    repo: Repository,
+    backup: str | None,
+    progress: Progress | None = None,
+    config: PipelineConfig | None = None,
+    repair: bool = False,
 ) -> VerifyResult:
-    """Read and check every chunk the backup (or every backup) needs, writing nothing."""
+    """Read and check every chunk the backup (or every backup) needs; quarantine what fails."""
     progress = progress or NullProgress()
     config = config or PipelineConfig()
+    if repair and backup:
+        raise CbtError("--repair checks the whole repository; name no backup with it")
     refs = [repo.find(backup)] if backup else repo.list_backups()
-    needed: dict[bytes, list[BackupRef]] = {}
+    result = VerifyResult(refs, 0, 0)
+    uses: dict[bytes, list[BackupRef]] = {}
     for ref in refs:
-        _, resolved = repo.resolve(ref)
+        try:
+            _, resolved = repo.resolve(ref)
+        except CorruptDataError as e:
+            result.unreadable[ref.key] = str(e)
+            continue
         for i in range(len(resolved)):
             d = resolved.digest_at(i)
             if d != ZERO_DIGEST:
-                users = needed.setdefault(d, [])
+                users = uses.setdefault(d, [])
                 if not users or users[-1] != ref:
                     users.append(ref)
-    bad: dict[bytes, str] = {}
-    checked = [0, 0]
+    to_check = set(uses)
+    if repair:  # every chunk stored, needed or not
+        to_check |= {bytes.fromhex(o.key.rsplit("/", 1)[-1]) for o in repo.store.list(CHUNKS_PREFIX)}
+    bad = _check_chunks(repo, to_check, set(uses), result, progress, config)
+    for digest, (why, missing) in bad.items():
+        where = repo.quarantine_chunk(digest, missing=missing)
+        result.quarantined[where] = why
+    if repair:
+        _repair_manifests(repo, result)
+        for digest in repo.quarantined_chunks() & (to_check - set(bad)):  # read back whole above: healed
+            repo.quarantine.clear(repo.chunk_key(digest))
+            result.healed.append(repo.chunk_key(digest))
+    damaged = {r for d in bad for r in uses.get(d, [])}
+    damaged |= {r for r in refs if r.key in result.unreadable}
+    result.damaged = sorted(damaged, key=lambda r: (r.name, r.stamp))
+    return result
+
+
+def _check_chunks(
+    repo: Repository, digests: set[bytes], needed: set[bytes], result: VerifyResult, progress: Progress,
+    config: PipelineConfig,
+) -> dict[bytes, tuple[str, bool]]:
+    """Read and check each chunk; the bad ones, with why and whether they were missing."""
+    bad: dict[bytes, tuple[str, bool]] = {}
     lock = threading.Lock()
 
     def check(digest: bytes) -> None:
         try:
             data = repo.get_chunk(digest)
-        except CorruptChunkError as e:
-            bad[digest] = f"is corrupt ({str(e).split(': ', 1)[-1]})"
+        except MissingChunkError:
+            if digest in needed:
+                with lock:
+                    bad[digest] = ("missing", True)
             return
-        except NotFoundError:
-            bad[digest] = "is missing"
+        except CorruptChunkError as e:
+            with lock:
+                bad[digest] = (f"corrupt: {str(e).split(': ', 1)[-1]}", False)
             return
         with lock:  # tasks finish in several threads at once
-            checked[0] += 1
-            checked[1] += len(data)
+            result.chunks_checked += 1
+            result.bytes_checked += len(data)
         progress.advance(len(data))
 
-    progress.start(len(needed) * repo.config.chunk_size, "verify")
+    progress.start(len(digests) * repo.config.chunk_size, "verify")
     executor = config.make_executor(config.worker_count(repo.store.capabilities().parallelism))
     submitter = BoundedSubmitter(executor, config.max_inflight_bytes)
     try:
-        for digest in needed:
+        for digest in digests:
             submitter.submit(repo.config.chunk_size, check, digest)
         submitter.drain()
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
     progress.finish()
-    if bad:
-        raise DamagedBackupError(_describe(bad, backups_needing(repo, set(bad))))
-    return VerifyResult(refs, checked[0], checked[1])
+    return bad
+
+
+def _repair_manifests(repo: Repository, result: VerifyResult) -> None:
+    """Move every manifest that cannot be read itself into quarantine (a broken chain stays reported)."""
+    for ref in repo.list_backups():
+        try:
+            repo.load_manifest(ref)
+        except CorruptDataError as e:
+            where = repo.quarantine_manifest(ref)
+            result.quarantined[where] = str(e)
+            result.unreadable.setdefault(ref.key, str(e))

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
+from cbtbackup.model.extent_map import ExtentMap
+
 Extent = tuple[int, int]  # (offset, length)
+Run = tuple[int, int]  # (first_block, block_count)
 
 
 def aligned_extents(size: int, chunk_size: int) -> Iterator[Extent]:
@@ -31,3 +34,27 @@ def cbt_extents(runs: Iterable[tuple[int, int]], block_size: int, size: int, chu
         start = first * block_size
         end = min(size, (first + count) * block_size)
         yield from split_at_chunks(start, end, chunk_size)
+
+
+def lost_runs(resolved: ExtentMap, lost: set[bytes], block_size: int) -> list[Run]:
+    """Block runs covering the pieces of ``resolved`` whose chunks are in ``lost`` (quarantined)."""
+    if not lost:
+        return []
+    runs: list[Run] = []
+    for piece in resolved:
+        if piece.digest in lost:
+            first = piece.offset // block_size
+            runs.append((first, -(-piece.end // block_size) - first))
+    return merge_runs(runs, [])
+
+
+def merge_runs(a: Iterable[Run], b: Iterable[Run]) -> list[Run]:
+    """The union of two sets of block runs, sorted and with touching runs joined."""
+    out: list[Run] = []
+    for first, count in sorted([*a, *b]):
+        if out and first <= out[-1][0] + out[-1][1]:
+            last_first, last_count = out[-1]
+            out[-1] = (last_first, max(last_count, first + count - last_first))
+        else:
+            out.append((first, count))
+    return out

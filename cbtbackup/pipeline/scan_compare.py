@@ -30,9 +30,10 @@ FetchChunk = Callable[[bytes], bytes]
 class PreviousImage:
     """The previous backup's resolved map, walked forward as the scan reads extents in order."""
 
-    def __init__(self, resolved: ExtentMap, fetch: FetchChunk, block_size: int) -> None:
+    def __init__(self, resolved: ExtentMap, fetch: FetchChunk, block_size: int, lost: set[bytes]) -> None:
         self._map = resolved
         self._fetch = fetch
+        self._lost = lost  # quarantined chunks: never equal to anything, so their bytes are stored again
         self._i = 0
         self.block_size = block_size
 
@@ -55,7 +56,8 @@ class PreviousImage:
         length = len(data)
         # One piece with the data's own digest: the data is that whole chunk (the digest of a longer chunk,
         # or of other bytes, would differ), or zeros recorded as zeros.
-        if len(pieces) == 1 and pieces[0].length == length and pieces[0].digest == digest:
+        if len(pieces) == 1 and pieces[0].length == length and pieces[0].digest == digest \
+                and digest not in self._lost:
             return []
         if digest == ZERO_DIGEST and all(p.is_zero for p in pieces):
             return []
@@ -70,6 +72,8 @@ class PreviousImage:
         for p in pieces:
             if p.is_zero:
                 continue
+            if p.digest in self._lost:
+                return None
             try:
                 chunk = self._fetch(p.digest)
             except (CorruptDataError, NotFoundError):

@@ -38,6 +38,14 @@ class CorruptChunkError(CorruptDataError):
         self.digest = digest
 
 
+class MissingChunkError(CorruptChunkError):
+    """A chunk a backup needs is not in the repository (deleted, or quarantined by verify)."""
+
+    def __init__(self, digest: bytes, where: str) -> None:
+        CorruptDataError.__init__(self, f"chunk {digest.hex()} is missing from {where}")
+        self.digest = digest
+
+
 def digest_of(data: bytes | memoryview) -> bytes:
     # blake3 releases the GIL for large inputs, so hashing in a thread pool runs in parallel.
     return blake3.blake3(data).digest()

@@ -96,6 +96,7 @@ class Manifest:
     extents: ExtentMap
     cbt: CbtCheckpoint | None = None
     stats: BackupStats = dataclasses.field(default_factory=BackupStats)
+    host: str | None = None  # the host that made it (None in manifests of older versions)
 
     def metadata(self) -> dict[str, Any]:
         return {
@@ -107,6 +108,7 @@ class Manifest:
             "parent": self.parent.key if self.parent else None,
             "created": self.created,
             "source": self.source,
+            "host": self.host,
             "provider": self.provider,
             "device_size": self.device_size,
             "chunk_size": self.chunk_size,
@@ -137,12 +139,22 @@ class Manifest:
         (version,) = _U32.unpack_from(raw, 8)
         if version != VERSION:
             raise CorruptDataError(f"manifest {key} has unknown format version {version}")
+        try:
+            return cls._parse(raw, key)
+        except (ValueError, KeyError, TypeError, struct.error, zstandard.ZstdError) as e:
+            raise CorruptDataError(f"manifest {key} cannot be parsed ({type(e).__name__}: {e})") from None
+
+    @classmethod
+    def _parse(cls, raw: bytes, key: str) -> Manifest:
         (meta_len,) = _U32.unpack_from(raw, 12)
         meta = json.loads(raw[16:16 + meta_len])
         pos = 16 + meta_len
         (table_len,) = _U32.unpack_from(raw, pos)
         table = zstandard.ZstdDecompressor().decompress(raw[pos + 4: pos + 4 + table_len])
         ref = BackupRef(meta["name"], meta["stamp"], meta["id"])
+        if BackupRef.from_key(key) not in (None, ref):
+            # Whole and well-formed, but another backup's: an older manifest copied over a newer one's key.
+            raise CorruptDataError(f"manifest {key} holds backup {ref.id} of {ref.stamp} (it belongs under {ref.key})")
         cbt = meta["cbt"]
         return cls(
             ref=ref,
@@ -160,4 +172,5 @@ class Manifest:
                 uuid.UUID(cbt["generation_id"]), cbt["changes_number"], cbt["block_size"], cbt["device_capacity"]
             ),
             stats=BackupStats(**meta["stats"]),
+            host=meta.get("host"),
         )

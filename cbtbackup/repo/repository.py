@@ -7,7 +7,8 @@ Keys (docs/format.md):
 - ``backups/<name>/<stamp>_<id>`` — manifests (:mod:`.manifest`), one per backup, written last;
 - ``heads/<name>`` — the key of the newest backup of a chain: a hint that saves listing, written after
   the manifest (if it is missing or stale the chain is listed; a stale head only makes the next
-  incremental start from an older, still valid, backup).
+  incremental start from an older, still valid, backup);
+- ``quarantine/<key>`` — objects that failed their checks, moved aside (:mod:`.quarantine`).
 
 The commit rule: every chunk a manifest names is put and synced before the manifest is put, so a
 manifest that can be listed is whole. Everything here is shared by every backend.
@@ -20,10 +21,11 @@ import threading
 
 from cbtbackup.errors import CorruptDataError, NotFoundError, UsageError
 from cbtbackup.model.extent_map import ExtentMap, overlay
-from cbtbackup.repo.chunk_codec import ChunkCodec
+from cbtbackup.repo.chunk_codec import ChunkCodec, MissingChunkError
 from cbtbackup.repo.config import RepositoryConfig
 from cbtbackup.repo.manifest import BACKUPS_PREFIX, BackupRef, Manifest
 from cbtbackup.repo.manifest_cache import ManifestCache, default_cache_root
+from cbtbackup.repo.quarantine import Quarantine
 from cbtbackup.repo.store import Store
 
 CONFIG_KEY = "config"
@@ -48,6 +50,8 @@ class Repository:
         if cache is None and store.capabilities().remote:
             cache = ManifestCache(default_cache_root(), config.id)
         self._cache = cache
+        self.quarantine = Quarantine(store)
+        self._heads: dict[str, BackupRef] = {}  # chains whose newest backup this process already found
 
     # -- opening -------------------------------------------------------------------------------------------
 
@@ -90,12 +94,35 @@ class Repository:
     def put_chunk_object(self, digest: bytes, obj: bytes) -> None:
         self.store.put(self.chunk_key(digest), obj)
 
+    def quarantined_chunks(self) -> set[bytes]:
+        """Digests of chunks found corrupt or missing: a backup must not trust that they exist."""
+        out = set()
+        for key in self.quarantine.keys(CHUNKS_PREFIX):
+            try:
+                out.add(bytes.fromhex(key.rsplit("/", 1)[-1]))
+            except ValueError:
+                continue
+        return out
+
+    def quarantine_chunk(self, digest: bytes, missing: bool = False) -> str:
+        """Move a bad chunk aside (or record a missing one); the next backup that reads its bytes stores it."""
+        key = self.chunk_key(digest)
+        return self.quarantine.mark_missing(key) if missing else self.quarantine.move_aside(key)
+
+    def quarantine_manifest(self, ref: BackupRef) -> str:
+        """Move an unreadable manifest aside, so listing and later backups no longer meet it."""
+        with self._lock:
+            self._manifests.pop(ref.key, None)
+        if self._cache is not None:
+            self._cache.forget(ref.key)
+        return self.quarantine.move_aside(ref.key)
+
     def get_chunk(self, digest: bytes) -> bytes:
         """The verified plaintext of a chunk; ``CorruptChunkError`` or ``NotFoundError`` otherwise."""
         try:
             raw = self.store.get(self.chunk_key(digest))
         except NotFoundError:
-            raise NotFoundError(f"chunk {digest.hex()} is missing from {self.location}") from None
+            raise MissingChunkError(digest, self.location) from None
         return self.codec.decode(raw, digest)
 
     # -- manifests -----------------------------------------------------------------------------------------
@@ -111,6 +138,8 @@ class Repository:
         if self._cache is not None:
             self._cache.put(manifest.ref.key, raw)
         self.store.put(HEADS_PREFIX + manifest.ref.name, json.dumps({"key": manifest.ref.key}).encode())
+        with self._lock:
+            self._heads[manifest.ref.name] = manifest.ref
 
     def load_manifest(self, ref: BackupRef) -> Manifest:
         with self._lock:
@@ -144,7 +173,19 @@ class Repository:
         return sorted(refs, key=lambda r: (r.name, r.stamp))
 
     def latest(self, name: str) -> BackupRef | None:
-        """The newest backup of a chain: from its head in one request, else by listing the chain."""
+        """The newest readable backup of a chain: from its head in one request, else by listing the chain
+        (a manifest that cannot be read is passed over: ``verify`` reports it)."""
+        with self._lock:
+            known = self._heads.get(name)
+        if known is not None:
+            return known
+        found = self._find_latest(name)
+        if found is not None:
+            with self._lock:
+                self._heads[name] = found
+        return found
+
+    def _find_latest(self, name: str) -> BackupRef | None:
         try:
             head = json.loads(self.store.get(HEADS_PREFIX + name))
             ref = BackupRef.from_key(str(head["key"]))
@@ -156,8 +197,13 @@ class Repository:
                 return ref
             except CorruptDataError:
                 pass  # a head naming a missing or damaged manifest: list instead
-        refs = self.list_backups(name)
-        return refs[-1] if refs else None
+        for candidate in reversed(self.list_backups(name)):
+            try:
+                self.load_manifest(candidate)
+            except CorruptDataError:
+                continue
+            return candidate
+        return None
 
     def find(self, spec: str) -> BackupRef:
         """A backup by id, unique id prefix, ``latest`` (one name only) or ``NAME@latest``."""

@@ -14,6 +14,7 @@ from cbtbackup.engine.blksnap import kernel
 from cbtbackup.engine.blksnap.kernel import BlksnapModule, BlockDevice
 from cbtbackup.errors import NotFoundError, SnapshotFailedError
 from cbtbackup.pipeline.backup import BackupOptions, run_backup
+from cbtbackup.pipeline.chains import default_name
 from cbtbackup.repo.location import open_repository
 from tests.blksnap.conftest import MakeDevice, read_device
 from tests.blksnap.simulator import KernelSimulator
@@ -38,7 +39,7 @@ def test_full_and_incrementals_restore_exactly(
     args = ("--provider", "blksnap", "--diff-storage", storage, "--json")
     first = cli("full", "-r", repo, dev, *args)
     assert first.code == 0, first.err
-    assert (first.json["provider"], first.json["name"]) == ("blksnap", Path(dev).name)
+    assert (first.json["provider"], first.json["name"]) == ("blksnap", default_name(dev))
     points = [(first.json["id"], read_device(dev))]
     for round_no in range(3):
         for i in range(5):
@@ -94,7 +95,7 @@ def test_two_devices_in_one_snapshot(
     full = cli("full", "-r", repo, a, b, *args)
     assert full.code == 0, full.err
     backups = full.json["backups"]
-    assert [x["name"] for x in backups] == [Path(a).name, Path(b).name]
+    assert [x["name"] for x in backups] == [default_name(a), default_name(b)]
     expected = {a: read_device(a), b: read_device(b)}
     simulator.write(a, 0, os.urandom(MiB))
     simulator.write(b, MiB, os.urandom(MiB))
@@ -107,7 +108,7 @@ def test_two_devices_in_one_snapshot(
         assert out.read_bytes() == expected[dev]
     for dev in (a, b):
         out = tmp_path / f"{Path(dev).name}.latest"
-        assert cli("restore", "-r", repo, f"{Path(dev).name}@latest", out).code == 0
+        assert cli("restore", "-r", repo, f"{default_name(dev)}@latest", out).code == 0
         assert out.read_bytes() == read_device(dev)
     assert simulator.snapshots == {}
 

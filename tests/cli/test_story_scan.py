@@ -51,5 +51,5 @@ def test_duplicate_content_is_stored_once(cli: RunCli, make_image: MakeImage, tm
     assert cli("full", "-r", repo, a, "--json").json["chunks_new"] == 8
     second = cli("full", "-r", repo, b, "--json").json
     assert (second["chunks_new"], second["chunks_reused"], second["bytes_stored"]) == (0, 8, 0)
-    assert cli("restore", "-r", repo, "copy.img@latest", tmp_path / "out").code == 0
+    assert cli("restore", "-r", repo, f"{second['name']}@latest", tmp_path / "out").code == 0
     assert (tmp_path / "out").read_bytes() == a.read_bytes()

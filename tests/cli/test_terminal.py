@@ -44,7 +44,7 @@ def test_progress_bar_on_a_terminal(make_image: MakeImage, tmp_path: Path) -> No
         reader.join(10)
         os.close(leader)
     assert proc.returncode == 0
-    assert b"full disk1.img:" in drawn and b"64.0M" in drawn  # tqdm drew the bar, sized in bytes
+    assert b"full " in drawn and b"disk1.img-" in drawn and b"64.0M" in drawn  # tqdm drew the bar, sized in bytes
     assert json.loads(proc.stdout.decode().strip().splitlines()[-1])["kind"] == "full"
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cbtbackup.engine import TrackedVolume
-from cbtbackup.pipeline.backup import BackupOptions, default_name, run_backup
+from cbtbackup.pipeline.backup import BackupOptions, run_backup
 from cbtbackup.pipeline.integrity import run_verify
 from cbtbackup.pipeline.progress import NullProgress
 from cbtbackup.pipeline.restore import RestoreOptions, run_restore
@@ -82,9 +82,3 @@ def test_chunks_referenced_twice_are_fetched_once(repo: Repository, make_image: 
     result = run_restore(repo, RestoreOptions("latest", str(tmp_path / "o")), config=SERIAL)
     assert result.chunks_fetched == 1 and len(fetched) == 1
     assert (tmp_path / "o").read_bytes() == image.read_bytes()
-
-
-def test_default_names() -> None:
-    assert default_name("/srv/vm/disk.img") == "disk.img"
-    assert default_name("/dev/mapper/vg-root") == "vg-root"
-    assert default_name("/tmp/my disk (1).img") == "my_disk__1_.img"

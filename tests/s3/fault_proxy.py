@@ -44,6 +44,7 @@ class FaultProxy:
         self.counts: collections.Counter[str] = collections.Counter()
         self.faults: collections.Counter[str] = collections.Counter()
         self.put_paths: list[str] = []
+        self.get_paths: list[str] = []
         self._lock = threading.Lock()
         self._rng = random.Random(0)
         proxy = self
@@ -101,6 +102,7 @@ class FaultProxy:
             self.counts.clear()
             self.faults.clear()
             self.put_paths.clear()
+            self.get_paths.clear()
 
     def _decide(self, method: str, path: str) -> str | None:
         with self._lock:
@@ -115,6 +117,8 @@ class FaultProxy:
             self.counts[method] += 1
             if method == "PUT":
                 self.put_paths.append(path)
+            if method == "GET":
+                self.get_paths.append(path)
             return None
 
     def _forward(self, method: str, path: str, headers: dict[str, str], body: bytes

@@ -16,10 +16,11 @@ from cbtbackup.repo.location import StoreOptions, open_repository
 
 def _backup(repo: str, endpoint_url: str | None, sources: tuple[str, ...], kind: Literal["full", "incr"],
             name: str | None, provider: str, state_dir: str | None, freeze: str | None, diff_storage: str | None,
-            diff_storage_limit: str | None, as_json: bool) -> None:
+            diff_storage_limit: str | None, rename_source: bool, as_json: bool) -> None:
     options = BackupOptions(source=sources[0], kind=kind, name=name, provider=provider, state_dir=state_dir,
                             freeze=freeze, diff_storage=diff_storage,
-                            diff_storage_limit=parse_size(diff_storage_limit) if diff_storage_limit else None)
+                            diff_storage_limit=parse_size(diff_storage_limit) if diff_storage_limit else None,
+                            rename_source=rename_source)
     repository = open_repository(repo, StoreOptions(endpoint_url))
     if len(sources) == 1:
         results = [run_backup(repository, options, make_progress())]
@@ -40,7 +41,9 @@ def _backup_command(kind: Literal["full", "incr"], doc: str) -> click.Command:
     @click.command(name=kind, help=doc)
     @repo_option
     @click.argument("sources", metavar="SOURCE...", nargs=-1, required=True)
-    @click.option("--name", help="The backup chain's name (default: the source's file name).")
+    @click.option("--name", help="The backup chain's name (default: made from the source's path and the host).")
+    @click.option("--rename-source", is_flag=True,
+                  help="Let --name's chain continue with this source although it holds another source's backups.")
     @click.option("--provider", type=click.Choice(PROVIDERS), default="auto", show_default=True,
                   help="userspace: a tracked image; blksnap: a block device through the kernel module; "
                        "scan: read everything; auto: the first that applies.")
@@ -54,9 +57,9 @@ def _backup_command(kind: Literal["full", "incr"], doc: str) -> click.Command:
     @json_option
     def command(repo: str, endpoint_url: str | None, sources: tuple[str, ...], name: str | None, provider: str,
                 state_dir: str | None, freeze: str | None, diff_storage: str | None,
-                diff_storage_limit: str | None, as_json: bool) -> None:
+                diff_storage_limit: str | None, rename_source: bool, as_json: bool) -> None:
         _backup(repo, endpoint_url, sources, kind, name, provider, state_dir, freeze, diff_storage,
-                diff_storage_limit, as_json)
+                diff_storage_limit, rename_source, as_json)
 
     return command
 

@@ -7,10 +7,11 @@ from typing import Any
 
 import click
 
-from cbtbackup.cli.app import emit, json_option, repo_option
+from cbtbackup.cli.app import emit, json_option, repo_option, warn
 from cbtbackup.cli.progress_bar import make_progress
+from cbtbackup.errors import CorruptDataError
 from cbtbackup.model.sizes import format_size, parse_size
-from cbtbackup.pipeline.integrity import run_verify
+from cbtbackup.pipeline.integrity import DamagedBackupError, run_verify
 from cbtbackup.repo.config import RepositoryConfig
 from cbtbackup.repo.location import StoreOptions, open_repository, open_store
 from cbtbackup.repo.repository import Repository
@@ -32,36 +33,56 @@ def init(repo: str, endpoint_url: str | None, chunk_size: str, compression: str,
 
 @click.command(name="list")
 @repo_option
-@click.option("--name", help="Only the backups of this source name.")
+@click.option("--name", help="Only the backups of this chain.")
 @json_option
 def list_backups(repo: str, endpoint_url: str | None, name: str | None, as_json: bool) -> None:
-    """List backups: id, kind, parent, time, size and stored bytes."""
+    """List backups: id, chain, kind, parent, time, size, stored bytes, host and source."""
     repository = open_repository(repo, StoreOptions(endpoint_url))
     rows: list[dict[str, Any]] = []
+    unreadable: list[dict[str, str]] = []
     for ref in repository.list_backups(name):
-        m = repository.load_manifest(ref)
+        try:
+            m = repository.load_manifest(ref)
+        except CorruptDataError as e:  # one bad manifest must not hide the others
+            unreadable.append({"id": ref.id, "name": ref.name, "error": str(e)})
+            continue
         rows.append({
             "id": ref.id, "name": ref.name, "kind": m.kind, "method": m.method,
             "parent": m.parent.id if m.parent else None, "created": m.created, "source": m.source,
-            "device_size": m.device_size, "bytes_changed": m.stats.bytes_changed,
+            "host": m.host, "device_size": m.device_size, "bytes_changed": m.stats.bytes_changed,
             "bytes_stored": m.stats.bytes_stored,
         })
-    lines = [f"{'ID':16}  {'NAME':16}  {'KIND':4}  {'METHOD':6}  {'PARENT':16}  {'TIME (UTC)':19}  "
-             f"{'SIZE':>10}  {'STORED':>10}"]
+    width = max([len("NAME"), *(len(r["name"]) for r in rows)])
+    lines = [f"{'ID':16}  {'NAME':{width}}  {'KIND':4}  {'METHOD':6}  {'PARENT':16}  {'TIME (UTC)':19}  "
+             f"{'SIZE':>10}  {'STORED':>10}  HOST:SOURCE"]
     for r in rows:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r["created"]))
-        lines.append(f"{r['id']:16}  {r['name']:16}  {r['kind']:4}  {r['method']:6}  {r['parent'] or '-':16}  "
-                     f"{when:19}  {format_size(r['device_size']):>10}  {format_size(r['bytes_stored']):>10}")
-    emit(as_json, {"backups": rows}, lines)
+        lines.append(f"{r['id']:16}  {r['name']:{width}}  {r['kind']:4}  {r['method']:6}  {r['parent'] or '-':16}  "
+                     f"{when:19}  {format_size(r['device_size']):>10}  {format_size(r['bytes_stored']):>10}  "
+                     f"{r['host'] or '?'}:{r['source']}")
+    for bad in unreadable:
+        warn(f"backup {bad['id']} ({bad['name']}) cannot be read: {bad['error']}")
+    emit(as_json, {"backups": rows, "unreadable": unreadable}, lines)
 
 
 @click.command()
 @repo_option
 @click.argument("backup", required=False)
+@click.option("--repair", is_flag=True,
+              help="The whole repository: every stored chunk and manifest; move unreadable manifests aside and "
+                   "clear quarantine entries whose chunks are whole again.")
 @json_option
-def verify(repo: str, endpoint_url: str | None, backup: str | None, as_json: bool) -> None:
-    """Read and check every chunk a backup (default: every backup) needs, writing nothing."""
-    result = run_verify(open_repository(repo, StoreOptions(endpoint_url)), backup, make_progress())
-    emit(as_json, result.to_json(),
-         [f"ok: {len(result.backups)} backup(s), {result.chunks_checked} chunks, "
-          f"{format_size(result.bytes_checked)} checked"])
+def verify(repo: str, endpoint_url: str | None, backup: str | None, repair: bool, as_json: bool) -> None:
+    """Check every chunk a backup (default: every backup) needs; quarantine the bad ones."""
+    result = run_verify(open_repository(repo, StoreOptions(endpoint_url)), backup, make_progress(), repair=repair)
+    lines = [f"quarantined {key}: {why}" for key, why in result.quarantined.items()]
+    lines += [f"unreadable manifest {key}: {why}" for key, why in result.unreadable.items()]
+    lines += [f"healed {key}" for key in result.healed]
+    if not result.ok:
+        if not as_json:
+            for line in lines:
+                click.echo(line)
+        raise DamagedBackupError(result.problem(), details=result.to_json())
+    lines.append(f"ok: {len(result.backups)} backup(s), {result.chunks_checked} chunks, "
+                 f"{format_size(result.bytes_checked)} checked")
+    emit(as_json, result.to_json(), lines)
