@@ -134,9 +134,9 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     except click.ClickException as e:
         return fail(e.format_message(), 2, as_json)
-    except Terminated:
-        return fail("terminated", EXIT_TERMINATED, as_json)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (click.exceptions.Abort, KeyboardInterrupt) as e:
+        if isinstance(e, Terminated) or isinstance(e.__cause__, Terminated):  # click turns it into Abort
+            return fail("terminated", EXIT_TERMINATED, as_json)
         return fail("interrupted", EXIT_INTERRUPTED, as_json)
     except CbtError as e:
         return fail(str(e), e.exit_code, as_json, e.details)

@@ -22,6 +22,7 @@ import zlib
 from pathlib import Path
 
 from cbtbackup.engine.errors import TrackerStateError, VolumeLockedError
+from cbtbackup.errors import os_error
 
 MAGIC = b"CBTTRACK"
 FORMAT_VERSION = 2  # 2: the identity holds ctime where 1 held mtime
@@ -166,7 +167,10 @@ class StateDirLock:
     """An exclusive ``flock`` on the state directory's lock file; the kernel drops it when the holder dies."""
 
     def __init__(self, state_dir: Path) -> None:
-        self._fd = os.open(state_dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            self._fd = os.open(state_dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            raise os_error(e, f"cannot lock the state directory {state_dir}") from None
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -17,6 +17,7 @@ is blind starts a new CBT generation, which makes the next incremental a scan:
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 import threading
@@ -38,7 +39,7 @@ from cbtbackup.engine.geometry import check_block_size, tracking_block_size
 from cbtbackup.engine.source_file import open_image_or_device
 from cbtbackup.engine.tracker import STATE_FILE, ChangeTracker
 from cbtbackup.engine.tracker_state import StateDirLock
-from cbtbackup.errors import StorageError, UsageError
+from cbtbackup.errors import NotADirError, StorageError, UsageError, os_error
 
 if TYPE_CHECKING:
     from cbtbackup.engine.snapshot import Snapshot
@@ -58,7 +59,10 @@ def is_tracked(path: str | os.PathLike[str], state_dir: str | os.PathLike[str] |
     """Whether ``path`` has tracker state (it may be open in another process)."""
     p = Path(path)
     sd = Path(state_dir) if state_dir is not None else default_state_dir(p)
-    return (sd / STATE_FILE).is_file()
+    try:
+        return stat.S_ISREG(os.stat(sd / STATE_FILE).st_mode)
+    except OSError:  # absent, or a path too long to exist
+        return False
 
 
 class TrackedVolume:
@@ -101,7 +105,11 @@ class TrackedVolume:
             if capacity == 0:
                 raise UsageError(f"{p} is empty: there is nothing to track")
             bs = check_block_size(block_size) if block_size is not None else tracking_block_size(capacity)
-            sd.mkdir(mode=0o700, parents=True, exist_ok=True)
+            try:
+                sd.mkdir(mode=0o700, parents=True, exist_ok=True)
+            except OSError as e:
+                hint = " (choose a shorter one with --state-dir)" if e.errno == errno.ENAMETOOLONG else ""
+                raise os_error(e, f"cannot create the state directory {sd}{hint}") from None
             lock = StateDirLock(sd)
             undo.callback(lock.release)
             if (sd / STATE_FILE).exists():
@@ -322,7 +330,15 @@ def _open_volume(
     path: str | os.PathLike[str], state_dir: str | os.PathLike[str] | None, exclusive: bool
 ) -> tuple[Path, Path, int, os.stat_result, int]:
     p = Path(path)
+    sd = Path(state_dir) if state_dir is not None else default_state_dir(p)
+    try:
+        if not stat.S_ISDIR(os.stat(sd).st_mode):
+            raise NotADirError(f"the state directory {sd} is not a directory")
+    except FileNotFoundError:
+        pass  # made by track
+    except OSError as e:
+        hint = " (choose a shorter one with --state-dir)" if e.errno == errno.ENAMETOOLONG else ""
+        raise os_error(e, f"cannot use the state directory {sd}{hint}") from None
     # A block device is opened exclusively: nothing can mount it, or hold it exclusively, meanwhile.
     fd, st, size = open_image_or_device(p, os.O_RDWR, exclusive=exclusive)
-    sd = Path(state_dir) if state_dir is not None else default_state_dir(p)
     return p, sd, fd, st, size

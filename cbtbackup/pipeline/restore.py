@@ -8,17 +8,19 @@ out; an existing one (``force``) is written in place.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import errno
 import os
 import secrets
-import stat
 import threading
 import time
 from array import array
 from pathlib import Path
 from typing import Any
 
-from cbtbackup.errors import CbtError, NotFoundError, StorageError, UsageError
+from cbtbackup.engine.in_use import TargetClaim, claim_for_overwrite
+from cbtbackup.errors import CbtError, NotADirError, NotFoundError, UsageError, os_error
 from cbtbackup.model.extent_map import ZERO_DIGEST, ExtentMap
 from cbtbackup.pipeline.integrity import explain_corruption
 from cbtbackup.pipeline.progress import NullProgress, Progress
@@ -84,62 +86,119 @@ def run_restore(
 
 
 class _Target:
-    """Where the image goes: a new sparse file linked into place at the end, or an existing file/device."""
+    """Where the image goes: a new file, linked into place only when whole, or a claimed existing one."""
 
-    def __init__(self, path: Path, fd: int, tmp: Path | None, fresh: bool) -> None:
-        self.path, self.fd, self._tmp, self.fresh = path, fd, tmp, fresh
+    def __init__(self, path: Path, fd: int, fresh: bool, claim: TargetClaim | None = None,
+                 tmp: Path | None = None) -> None:
+        self.path, self.fd, self.fresh, self._claim, self._tmp = path, fd, fresh, claim, tmp
 
     @classmethod
     def open(cls, path: Path, size: int, force: bool) -> _Target:
-        if path.exists() or path.is_symlink():
+        if _exists(path):
             if not force:
                 raise UsageError(f"{path} exists; add --force to overwrite it")
             return cls._existing(path, size)
-        if not path.parent.is_dir():
-            raise NotFoundError(f"{path.parent}: no such directory")
-        tmp = path.with_name(f".{path.name}.restoring-{secrets.token_hex(4)}")
+        parent = path.parent
+        if not parent.is_dir():
+            if parent.exists():
+                raise NotADirError(f"{parent} is not a directory")
+            raise NotFoundError(f"{parent}: no such directory")
+        _sweep_leftovers(path)
         try:
-            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            # An unnamed file: a restore killed at any moment leaves nothing behind.
+            fd = os.open(parent, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+            tmp = None
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                raise os_error(e, f"cannot create {path}") from None
+            tmp = path.with_name(f".{path.name}.restoring-{os.getpid()}-{secrets.token_hex(4)}")
+            try:
+                fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            except OSError as e2:
+                raise os_error(e2, f"cannot create {path}") from None
+        try:
             os.ftruncate(fd, size)  # sparse: zero extents are never written
         except OSError as e:
-            tmp.unlink(missing_ok=True)
-            raise StorageError(f"cannot create {path}: {e.strerror}") from e
-        return cls(path, fd, tmp, fresh=True)
+            os.close(fd)
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
+            raise os_error(e, f"cannot create {path}") from None
+        return cls(path, fd, True, tmp=tmp)
 
     @classmethod
     def _existing(cls, path: Path, size: int) -> _Target:
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        except IsADirectoryError:
-            raise UsageError(f"{path} is a directory") from None
-        except OSError as e:
-            raise StorageError(f"cannot open {path}: {e.strerror}") from e
-        st = os.fstat(fd)
-        have = st.st_size if stat.S_ISREG(st.st_mode) else os.lseek(fd, 0, os.SEEK_END)
-        if have < size:
-            os.close(fd)
-            raise UsageError(f"{path} is {have} bytes, smaller than the image ({size} bytes)")
-        if stat.S_ISREG(st.st_mode):
-            os.ftruncate(fd, size)  # the file becomes exactly the image
-        return cls(path, fd, None, fresh=False)
+        claim = claim_for_overwrite(path)  # refuses anything in use, whatever the flags
+        if claim.size < size:
+            claim.close()
+            raise UsageError(f"{path} is {claim.size} bytes, smaller than the image ({size} bytes)")
+        if claim.is_file:
+            try:
+                os.ftruncate(claim.fd, size)  # the file becomes exactly the image
+            except OSError as e:
+                claim.close()
+                raise os_error(e, f"cannot write {path}") from None
+        return cls(path, claim.fd, False, claim=claim)
 
     def commit(self) -> None:
-        os.fsync(self.fd)
-        os.close(self.fd)
-        self.fd = -1
-        if self._tmp is not None:
-            try:
-                os.link(self._tmp, self.path)  # never replaces a file that appeared meanwhile
-            except FileExistsError:
-                raise UsageError(f"{self.path} appeared during the restore; the image is at {self._tmp}") from None
-            self._tmp.unlink()
+        try:
+            os.fsync(self.fd)
+            if self.fresh:
+                self._link_into_place()
+        finally:
+            self.abandon()
+
+    def _link_into_place(self) -> None:
+        try:
+            # link, not rename: never replaces a file that appeared meanwhile
+            if self._tmp is not None:
+                os.link(self._tmp, self.path)
+            else:
+                _link_open_file(self.fd, self.path)
+        except FileExistsError:
+            raise UsageError(f"{self.path} appeared during the restore; nothing was replaced") from None
+        except OSError as e:
+            raise os_error(e, f"cannot create {self.path}") from None
 
     def abandon(self) -> None:
-        if self.fd >= 0:
+        if self._claim is not None:
+            self._claim.close()
+            self._claim = None
+        elif self.fd >= 0:
             os.close(self.fd)
-            self.fd = -1
+        self.fd = -1
         if self._tmp is not None:
             self._tmp.unlink(missing_ok=True)
+            self._tmp = None
+
+
+def _exists(path: Path) -> bool:
+    """Whether anything (a dangling link too) is at ``path``; a name too long is an error of its own."""
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        return False
+    except OSError as e:
+        raise os_error(e, f"cannot create {path}") from None
+    return True
+
+
+_AT_FDCWD, _AT_SYMLINK_FOLLOW = -100, 0x400
+
+
+def _link_open_file(fd: int, path: Path) -> None:
+    """Give the unnamed file open at ``fd`` a name (``linkat`` through /proc; os.link cannot follow it)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.linkat(_AT_FDCWD, f"/proc/self/fd/{fd}".encode(), _AT_FDCWD, os.fsencode(path), _AT_SYMLINK_FOLLOW):
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), str(path))
+
+
+def _sweep_leftovers(path: Path) -> None:
+    """Named temporary files of restores that were killed (where unnamed ones are not supported)."""
+    for old in path.parent.glob(f".{path.name}.restoring-*"):
+        pid = old.name.rsplit("restoring-", 1)[-1].split("-", 1)[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            old.unlink(missing_ok=True)
 
 
 def _group_by_chunk(resolved: ExtentMap) -> tuple[dict[bytes, int], array[int]]:
@@ -213,4 +272,4 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
             n = os.pwrite(fd, data, offset)
             data, offset = data[n:], offset + n
     except OSError as e:
-        raise StorageError(f"write to the restore target failed: {e.strerror}") from e
+        raise os_error(e, "write to the restore target failed") from None

@@ -13,7 +13,7 @@ import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
-from cbtbackup.errors import NotFoundError, StorageError
+from cbtbackup.errors import NotFoundError, StorageError, os_error
 from cbtbackup.repo.store import ObjectInfo, Store, StoreCapabilities
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -57,7 +57,7 @@ class LocalStore(Store):
             os.replace(tmp, path)
         except OSError as e:
             tmp.unlink(missing_ok=True)
-            raise StorageError(f"cannot write {path}: {e.strerror}") from e
+            raise os_error(e, f"cannot write {path}") from None
 
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         path = self._path(key)
@@ -69,7 +69,7 @@ class LocalStore(Store):
         except FileNotFoundError:
             raise NotFoundError(f"{key}: no such object in {self.root}") from None
         except OSError as e:
-            raise StorageError(f"cannot read {path}: {e.strerror}") from e
+            raise os_error(e, f"cannot read {path}") from None
 
     def stat(self, key: str) -> ObjectInfo | None:
         try:
@@ -77,7 +77,7 @@ class LocalStore(Store):
         except FileNotFoundError:
             return None
         except OSError as e:
-            raise StorageError(f"cannot stat {key}: {e.strerror}") from e
+            raise os_error(e, f"cannot stat {key}") from None
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         found: list[ObjectInfo] = []
@@ -101,7 +101,7 @@ class LocalStore(Store):
         except FileNotFoundError:
             pass
         except OSError as e:
-            raise StorageError(f"cannot delete {key}: {e.strerror}") from e
+            raise os_error(e, f"cannot delete {key}") from None
 
     def sync(self) -> None:
         if self.root.is_dir():

@@ -21,7 +21,7 @@ def test_failed_backup_releases_the_volume(cli: RunCli, make_image: MakeImage, t
     cli("track", image)
     # Root ignores permission bits, so make the store fail for real: a file where a directory must go.
     (repo / "chunks").write_bytes(b"not a directory")
-    cli("full", "-r", repo, image).assert_one_line_error(7, "chunks/", "Not a directory")
+    cli("full", "-r", repo, image).assert_one_line_error(11, "chunks/", "Not a directory")
     with TrackedVolume.open(image) as vol:  # not locked, no snapshot left holding it
         assert vol.snapshot is None
         assert vol.cbt_info().changes_number == 1  # the failed backup's snapshot was taken, then destroyed
