@@ -50,13 +50,14 @@ def copy_tree(dest: Path) -> None:
 class Attached:
     """One attached image: attach, and undo everything at the end even if the test failed half-way."""
 
-    def __init__(self, cli: RunCli, image: Path, mountdir: Path) -> None:
-        self.cli, self.image, self.mountdir = cli, image, mountdir
+    def __init__(self, cli: RunCli, image: Path, mountdir: Path, state_dir: Path | None = None) -> None:
+        self.cli, self.image, self.mountdir, self.state_dir = cli, image, mountdir, state_dir
         self.record: AttachRecord | None = None
         self.mounts: list[Path] = []
 
     def attach(self) -> AttachRecord:
-        result = self.cli("attach", self.image, self.mountdir, "--loop", "--json")
+        state = ("--state-dir", self.state_dir) if self.state_dir is not None else ()
+        result = self.cli("attach", self.image, self.mountdir, "--loop", *state, "--json")
         assert result.code == 0, result.err
         self.record = AttachRecord(**result.json)
         assert self.record.loop is not None

@@ -11,11 +11,20 @@ from cbtbackup.engine.attach.record import resolve_source
 from cbtbackup.model.sizes import format_size, parse_size
 
 
+SEES_FILE = ("incrementals use CBT while every write goes through cbtbackup (attach, or the engine's API); "
+             "any other write to the file is detected and the next incremental scans instead")
+SEES_DEVICE = ("a block device: the userspace engine sees only writes made through 'cbtbackup attach' while it "
+               "holds the device, so incrementals use CBT only between backups of one attach; otherwise they "
+               "scan (the blksnap kernel module sees every write)")
+
+
 @click.command()
 @click.argument("image")
 @click.option("--block-size", help="Tracking block size (default: 64KiB, larger for volumes over 128GiB).")
 @click.option("--state-dir", help="Where to keep the tracker state (default: IMAGE.cbt beside the image).")
-@click.option("--durable", is_flag=True, help="Sync map pages before data, so tracking survives power loss.")
+@click.option("--durable", is_flag=True,
+              help="Sync map pages before the data they describe (kept for scripts: any unclean stop now starts a "
+                   "new generation, so it no longer changes what a backup trusts).")
 @json_option
 def track(image: str, block_size: str | None, state_dir: str | None, durable: bool, as_json: bool) -> None:
     """Start change tracking of IMAGE with the userspace engine."""
@@ -23,9 +32,11 @@ def track(image: str, block_size: str | None, state_dir: str | None, durable: bo
     with TrackedVolume.track(image, bs, state_dir=state_dir, durable=durable) as vol:
         info = vol.cbt_info()
         state = str(vol.state_dir)
+        sees = SEES_FILE if vol.is_file else SEES_DEVICE
     emit(as_json, {"image": image, "state_dir": state, "generation_id": str(info.generation_id),
-                   "block_size": info.block_size, "block_count": info.block_count},
-         [f"tracking {image}: {info.block_count} blocks of {format_size(info.block_size)}, state in {state}"])
+                   "block_size": info.block_size, "block_count": info.block_count, "sees": sees},
+         [f"tracking {image}: {info.block_count} blocks of {format_size(info.block_size)}, state in {state}",
+          sees])
 
 
 @click.group()

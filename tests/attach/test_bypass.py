@@ -1,0 +1,114 @@
+"""Writes that bypass an attached volume: into the backing image file while it is served, and onto a
+tracked block device outside any attach. Every restore equals the volume as it was at its take."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.attach.conftest import Attached
+from tests.conftest import RunCli
+
+MiB = 1 << 20
+
+
+def read_direct(device: str) -> bytes:
+    """The device's bytes, read past the page cache (what the volume holds right now)."""
+    return subprocess.run(["dd", f"if={device}", "iflag=direct", "bs=1M", "status=none"], check=True,
+                          capture_output=True).stdout
+
+
+def write_direct(device: str, offset_mib: int, data: bytes) -> None:
+    subprocess.run(["dd", f"of={device}", "oflag=direct", "bs=1M", f"seek={offset_mib}", "conv=notrunc",
+                    "status=none"], input=data.ljust(MiB, b"\0"), check=True)
+
+
+def test_a_write_into_the_backing_file_of_an_attached_image(
+    cli: RunCli, attached_image: Attached, tmp_path: Path
+) -> None:
+    vol = attached_image
+    vol.attach()
+    repo = tmp_path / "repo"
+    cli("init", "-r", repo)
+    taken: dict[str, bytes] = {}
+
+    def backup(kind: str, method: str) -> dict[str, object]:
+        expected = read_direct(vol.loop)
+        result = cli(kind, "-r", repo, vol.loop, "--json")
+        assert result.code == 0, result.err
+        assert result.json["method"] == method, result.json["notes"]
+        taken[str(result.json["id"])] = expected
+        return result.json
+
+    write_direct(vol.loop, 3, os.urandom(MiB))
+    backup("full", "full")
+    write_direct(vol.loop, 7, os.urandom(MiB))
+    backup("incr", "cbt")
+    # Around the daemon: straight into the image file it serves, while it serves it.
+    subprocess.run(["dd", f"of={vol.image}", "bs=4096", "seek=5000", "count=3", "conv=notrunc", "status=none"],
+                   input=os.urandom(3 * 4096), check=True)
+    scanned = backup("incr", "scan")
+    assert any("another process opened the image for writing" in str(n) for n in scanned["notes"]), scanned
+    write_direct(vol.loop, 11, os.urandom(MiB))
+    backup("incr", "cbt")  # watched again from the scan's take on
+
+    assert cli("detach", vol.mountdir).code == 0
+    for i, (backup_id, expected) in enumerate(taken.items()):
+        out = tmp_path / f"restored-{i}.img"
+        assert cli("restore", "-r", repo, backup_id, out).code == 0
+        assert out.read_bytes() == expected, f"backup {i} ({backup_id}) differs from its take"
+
+
+@pytest.fixture
+def loop_device(tmp_path: Path) -> Iterator[str]:
+    backing = tmp_path / "backing.img"
+    with open(backing, "wb") as f:
+        f.truncate(64 * MiB)
+    dev = subprocess.run(["losetup", "--find", "--show", str(backing)], check=True, capture_output=True,
+                         text=True).stdout.strip()
+    yield dev
+    subprocess.run(["losetup", "-d", dev], capture_output=True)
+
+
+def test_a_block_device_is_trusted_only_within_one_attach(
+    cli: RunCli, loop_device: str, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    tracked = cli("track", loop_device, "--state-dir", state, "--json")
+    assert tracked.code == 0 and "attach" in str(tracked.json["sees"])
+    mnt = tmp_path / "served"
+    mnt.mkdir()
+    vol = Attached(cli, Path(loop_device), mnt, state)
+    repo = tmp_path / "repo"
+    cli("init", "-r", repo)
+    taken: dict[str, bytes] = {}
+    try:
+        vol.attach()
+
+        def backup(kind: str) -> dict[str, object]:
+            expected = read_direct(vol.loop)
+            result = cli(kind, "-r", repo, vol.loop, "--json")
+            assert result.code == 0, result.err
+            taken[str(result.json["id"])] = expected
+            return result.json
+
+        assert backup("full")["method"] == "full"
+        write_direct(vol.loop, 9, os.urandom(MiB))
+        assert backup("incr")["method"] == "cbt"  # the daemon held the device since the full
+        assert cli("detach", mnt).code == 0
+        write_direct(loop_device, 20, os.urandom(MiB))  # raw, while nothing holds it
+        vol.attach()
+        write_direct(vol.loop, 30, os.urandom(MiB))
+        again = backup("incr")
+        assert again["method"] == "scan" and any("block device" in str(n) for n in again["notes"]), again
+        assert cli("detach", mnt).code == 0
+    finally:
+        vol.cleanup()
+    for i, (backup_id, expected) in enumerate(taken.items()):
+        out = tmp_path / f"restored-{i}.img"
+        assert cli("restore", "-r", repo, backup_id, out).code == 0
+        assert out.read_bytes() == expected
