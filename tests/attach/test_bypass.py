@@ -7,6 +7,7 @@ import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,7 +37,7 @@ def test_a_write_into_the_backing_file_of_an_attached_image(
     cli("init", "-r", repo)
     taken: dict[str, bytes] = {}
 
-    def backup(kind: str, method: str) -> dict[str, object]:
+    def backup(kind: str, method: str) -> dict[str, Any]:
         expected = read_direct(vol.loop)
         result = cli(kind, "-r", repo, vol.loop, "--json")
         assert result.code == 0, result.err
@@ -89,7 +90,7 @@ def test_a_block_device_is_trusted_only_within_one_attach(
     try:
         vol.attach()
 
-        def backup(kind: str) -> dict[str, object]:
+        def backup(kind: str) -> dict[str, Any]:
             expected = read_direct(vol.loop)
             result = cli(kind, "-r", repo, vol.loop, "--json")
             assert result.code == 0, result.err

@@ -10,7 +10,6 @@ from cbtbackup.engine.attach.client import status
 from cbtbackup.engine.attach.record import resolve_source
 from cbtbackup.model.sizes import format_size, parse_size
 
-
 SEES_FILE = ("incrementals use CBT while every write goes through cbtbackup (attach, or the engine's API); "
              "any other write to the file is detected and the next incremental scans instead")
 SEES_DEVICE = ("a block device: the userspace engine sees only writes made through 'cbtbackup attach' while it "
