@@ -59,6 +59,32 @@ class LocalStore(Store):
             tmp.unlink(missing_ok=True)
             raise os_error(e, f"cannot write {path}") from None
 
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        """A complete temporary file hard-linked to the key: link fails if the key exists, and is atomic."""
+        path = self._path(key)
+        tmp = path.with_name(f"{TMP_MARK}{path.name}.{secrets.token_hex(4)}")
+        try:
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            except FileNotFoundError:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+            finally:
+                os.close(fd)
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+            return True
+        except OSError as e:
+            raise os_error(e, f"cannot write {path}") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         path = self._path(key)
         try:
@@ -106,6 +132,20 @@ class LocalStore(Store):
     def sync(self) -> None:
         if self.root.is_dir():
             _syncfs(self.root)
+
+    def remove_incomplete(self, older_than: float) -> int:
+        removed = 0
+        for dirpath, _, filenames in os.walk(self.root):
+            for name in filenames:
+                if name.startswith(TMP_MARK):
+                    path = os.path.join(dirpath, name)
+                    try:
+                        if os.stat(path).st_mtime < older_than:
+                            os.unlink(path)
+                            removed += 1
+                    except FileNotFoundError:
+                        continue
+        return removed
 
     def capabilities(self) -> StoreCapabilities:
         return StoreCapabilities(parallelism=max(4, (os.cpu_count() or 2) * 2), description=f"directory {self.root}")

@@ -39,6 +39,25 @@ class RetryingStore(Store):
     def put(self, key: str, data: bytes) -> None:
         self._retry(lambda: self.inner.put(key, data))
 
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        first = [True]
+
+        def attempt() -> bool:
+            if self.inner.put_if_absent(key, data):
+                return True
+            if first[0]:
+                return False
+            # An earlier attempt may have created it before its answer was lost: ours if it holds our bytes.
+            return self.inner.get(key) == data
+
+        def tracked() -> bool:
+            try:
+                return attempt()
+            finally:
+                first[0] = False
+
+        return self._retry(tracked)
+
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         return self._retry(lambda: self.inner.get(key, offset, length))
 
@@ -56,6 +75,9 @@ class RetryingStore(Store):
 
     def capabilities(self) -> StoreCapabilities:
         return self.inner.capabilities()
+
+    def remove_incomplete(self, older_than: float) -> int:
+        return self._retry(lambda: self.inner.remove_incomplete(older_than))
 
     def close(self) -> None:
         self.inner.close()

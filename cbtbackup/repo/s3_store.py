@@ -39,6 +39,10 @@ class S3Options:
     read_timeout: float = 60.0
 
 
+class ObjectExistsError(StorageError):
+    """A conditional put found an object at its key (only ``put_if_absent`` sees it)."""
+
+
 def parse_s3_url(url: str) -> tuple[str, str]:
     """``s3://bucket/some/prefix`` → ("bucket", "some/prefix/")."""
     rest = url[len("s3://"):]
@@ -81,6 +85,15 @@ class S3Store(Store):
                        self.prefix + key, Config=cfg)
         else:
             self._call("write", key, self._client.put_object, Bucket=self.bucket, Key=self.prefix + key, Body=data)
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        """A conditional PUT (``If-None-Match: *``): S3 creates the object only if none is there."""
+        try:
+            self._call("write", key, self._client.put_object, Bucket=self.bucket, Key=self.prefix + key, Body=data,
+                       IfNoneMatch="*")
+        except ObjectExistsError:
+            return False
+        return True
 
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self.prefix + key}
@@ -125,6 +138,17 @@ class S3Store(Store):
     def sync(self) -> None:
         """Nothing to do: S3 acknowledges a PUT once the object is durable."""
 
+    def remove_incomplete(self, older_than: float) -> int:
+        """Abort multipart uploads a killed put left (they cost storage until aborted)."""
+        answer = self._call("list", "", self._client.list_multipart_uploads, Bucket=self.bucket, Prefix=self.prefix)
+        removed = 0
+        for upload in answer.get("Uploads", []):
+            if upload["Initiated"].timestamp() < older_than:
+                self._call("delete", upload["Key"], self._client.abort_multipart_upload, Bucket=self.bucket,
+                           Key=upload["Key"], UploadId=upload["UploadId"])
+                removed += 1
+        return removed
+
     def capabilities(self) -> StoreCapabilities:
         where = f" at {self.options.endpoint_url}" if self.options.endpoint_url else ""
         return StoreCapabilities(parallelism=self.options.parallelism, description=f"{self.url}{where}",
@@ -146,6 +170,8 @@ class S3Store(Store):
         except bx.ClientError as e:
             code = str(e.response.get("Error", {}).get("Code", ""))
             status = str(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+            if code in ("PreconditionFailed", "ConditionalRequestConflict") or status == "412":
+                raise ObjectExistsError(f"{self._where(key)} exists") from None
             if code in _NO_BUCKET:
                 raise NotFoundError(f"bucket {self.bucket!r} does not exist") from None
             if code in _NOT_FOUND or status == "404":

@@ -37,6 +37,10 @@ class Store(abc.ABC):
         """Store ``data`` under ``key`` atomically: readers see the whole object or none."""
 
     @abc.abstractmethod
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        """Create ``key`` only if no object is there, atomically (never check-then-write); False if one is."""
+
+    @abc.abstractmethod
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         """Read an object, or ``length`` bytes of it from ``offset``; ``NotFoundError`` if missing."""
 
@@ -58,6 +62,10 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def capabilities(self) -> StoreCapabilities: ...
+
+    def remove_incomplete(self, older_than: float) -> int:
+        """Remove what puts killed before ``older_than`` (a UNIX time) left behind; how many were removed."""
+        return 0
 
     def close(self) -> None:  # noqa: B027 - optional for backends with nothing to release
         """Release connections and handles."""

@@ -10,15 +10,18 @@ import pytest
 from moto import mock_aws
 
 from cbtbackup.repo.local_store import LocalStore
+from cbtbackup.repo.retrying_store import RetryingStore
 from cbtbackup.repo.s3_store import S3Store
 from cbtbackup.repo.store import Store
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", "s3", "retrying-local"])
 def store(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Store]:
-    if request.param == "local":
+    if request.param in ("local", "retrying-local"):
         (tmp_path / "store").mkdir()
         s: Store = LocalStore(tmp_path / "store")
+        if request.param == "retrying-local":
+            s = RetryingStore(s, base_delay=0.001)
         yield s
         s.close()
         return

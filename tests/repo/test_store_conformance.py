@@ -51,3 +51,29 @@ def test_sync_and_capabilities(store: Store) -> None:
     store.sync()
     caps = store.capabilities()
     assert caps.parallelism >= 1 and caps.description
+
+
+def test_put_if_absent_creates_once(store: Store) -> None:
+    assert store.put_if_absent("locks/one", b"first")
+    assert not store.put_if_absent("locks/one", b"second")
+    assert store.get("locks/one") == b"first"
+    store.delete("locks/one")
+    assert store.put_if_absent("locks/one", b"third")
+    assert [o.key for o in store.list("locks/")] == ["locks/one"]
+
+
+def test_put_if_absent_races_have_one_winner(store: Store) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as pool:
+        won = list(pool.map(lambda i: store.put_if_absent("race", str(i).encode()), range(16)))
+    assert won.count(True) == 1
+    assert store.get("race") == str(won.index(True)).encode()
+
+
+def test_remove_incomplete_keeps_objects(store: Store) -> None:
+    import time
+
+    store.put("kept", b"x")
+    assert store.remove_incomplete(time.time() + 10) >= 0
+    assert store.get("kept") == b"x"

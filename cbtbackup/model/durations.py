@@ -1,0 +1,33 @@
+"""Durations as people write them: ``30s``, ``5m``, ``2h`` for waits; ``30d``, ``1y6m``, ``2w`` for ages."""
+
+from __future__ import annotations
+
+import re
+
+from cbtbackup.errors import UsageError
+
+_WAIT_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# For ages (--keep-within), as restic reads them: m is a month. Months and years are counted as 30 and
+# 365 days.
+_AGE_UNITS = {"h": 3600, "d": 86400, "w": 7 * 86400, "m": 30 * 86400, "y": 365 * 86400}
+_PART = re.compile(r"(\d+)([a-z])")
+
+
+def _parse(text: str, units: dict[str, int], what: str, examples: str) -> float:
+    compact = text.strip().lower()
+    parts = _PART.findall(compact)
+    if not compact or "".join(n + u for n, u in parts) != compact or any(u not in units for _, u in parts):
+        raise UsageError(f"{text!r} is not {what} (examples: {examples})")
+    return float(sum(int(n) * units[u] for n, u in parts))
+
+
+def parse_wait(text: str) -> float:
+    """A wait in seconds: ``90s``, ``5m``, ``1h30m`` (plain digits are seconds)."""
+    if text.strip().isdigit():
+        return float(text)
+    return _parse(text, _WAIT_UNITS, "a duration", "30s, 5m, 1h")
+
+
+def parse_age(text: str) -> float:
+    """An age in seconds for retention: ``36h``, ``30d``, ``2w``, ``6m`` (months), ``1y``, ``1y6m``."""
+    return _parse(text, _AGE_UNITS, "an age", "36h, 30d, 2w, 6m, 1y")
