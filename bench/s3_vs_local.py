@@ -48,6 +48,10 @@ class CountingStore(Store):
         self.calls["put"] += 1
         self.inner.put(key, data)
 
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        self.calls["put"] += 1
+        return self.inner.put_if_absent(key, data)
+
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         self.calls["get"] += 1
         return self.inner.get(key, offset, length)

@@ -30,6 +30,11 @@ def _syncfs(path: Path) -> None:
         os.close(fd)
 
 
+def _info(key: str, st: os.stat_result) -> ObjectInfo:
+    # A put renames a new file into place, so the inode tells one version of an object from the next.
+    return ObjectInfo(key, st.st_size, f"{st.st_ino:x}-{st.st_mtime_ns:x}")
+
+
 class LocalStore(Store):
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
@@ -99,7 +104,7 @@ class LocalStore(Store):
 
     def stat(self, key: str) -> ObjectInfo | None:
         try:
-            return ObjectInfo(key, self._path(key).stat().st_size)
+            return _info(key, self._path(key).stat())
         except FileNotFoundError:
             return None
         except OSError as e:
@@ -116,7 +121,7 @@ class LocalStore(Store):
                 key = base + name
                 if key.startswith(prefix) and not name.startswith(TMP_MARK):
                     try:
-                        found.append(ObjectInfo(key, os.stat(os.path.join(dirpath, name)).st_size))
+                        found.append(_info(key, os.stat(os.path.join(dirpath, name))))
                     except FileNotFoundError:
                         continue
         return iter(sorted(found, key=lambda o: o.key))

@@ -8,7 +8,8 @@ Keys (docs/format.md):
 - ``heads/<name>`` — the key of the newest backup of a chain: a hint that saves listing, written after
   the manifest (if it is missing or stale the chain is listed; a stale head only makes the next
   incremental start from an older, still valid, backup);
-- ``quarantine/<key>`` — objects that failed their checks, moved aside (:mod:`.quarantine`).
+- ``quarantine/<key>`` — objects that failed their checks, moved aside (:mod:`.quarantine`);
+- ``locks/<id>`` — who writes what at the moment (:mod:`.locks`).
 
 The commit rule: every chunk a manifest names is put and synced before the manifest is put, so a
 manifest that can be listed is whole. Everything here is shared by every backend.
@@ -23,6 +24,7 @@ from cbtbackup.errors import CorruptDataError, NotFoundError, UsageError
 from cbtbackup.model.extent_map import ExtentMap, overlay
 from cbtbackup.repo.chunk_codec import ChunkCodec, MissingChunkError
 from cbtbackup.repo.config import RepositoryConfig
+from cbtbackup.repo.locks import Locker
 from cbtbackup.repo.manifest import BACKUPS_PREFIX, BackupRef, Manifest
 from cbtbackup.repo.manifest_cache import ManifestCache, default_cache_root
 from cbtbackup.repo.quarantine import Quarantine
@@ -45,12 +47,14 @@ class Repository:
         self.config = config
         self.location = location
         self.codec = ChunkCodec(config.compression)
-        self._manifests: dict[str, Manifest] = {}
+        self._manifests: dict[str, tuple[str, Manifest]] = {}  # key -> (version, manifest)
+        self._versions: dict[str, str] = {}  # key -> the version the store last listed
         self._lock = threading.Lock()
         if cache is None and store.capabilities().remote:
             cache = ManifestCache(default_cache_root(), config.id)
         self._cache = cache
         self.quarantine = Quarantine(store)
+        self.locks = Locker(store)
         self._heads: dict[str, BackupRef] = {}  # chains whose newest backup this process already found
 
     # -- opening -------------------------------------------------------------------------------------------
@@ -133,43 +137,81 @@ class Repository:
         self.store.sync()
         self.store.put(manifest.ref.key, raw)
         self.store.sync()
-        with self._lock:
-            self._manifests[manifest.ref.key] = manifest
-        if self._cache is not None:
-            self._cache.put(manifest.ref.key, raw)
+        self._remember(manifest, raw)
         self.store.put(HEADS_PREFIX + manifest.ref.name, json.dumps({"key": manifest.ref.key}).encode())
         with self._lock:
             self._heads[manifest.ref.name] = manifest.ref
 
-    def load_manifest(self, ref: BackupRef) -> Manifest:
+    def rewrite_manifest(self, manifest: Manifest) -> None:
+        """Replace a manifest in place, atomically (``forget`` folding a removed parent into it)."""
+        raw = manifest.to_bytes()
+        self.store.put(manifest.ref.key, raw)
+        self.store.sync()
+        self._remember(manifest, raw)
+
+    def delete_manifest(self, ref: BackupRef) -> None:
+        """Remove a backup's manifest, and point its chain's head at the newest backup left (if any)."""
+        self.store.delete(ref.key)
+        self.store.sync()
         with self._lock:
-            cached = self._manifests.get(ref.key)
-        if cached is not None:
-            return cached
+            self._manifests.pop(ref.key, None)
+            self._heads.pop(ref.name, None)
+        if self._cache is not None:
+            self._cache.forget(ref.key)
+        remaining = self.list_backups(ref.name)
+        if remaining:
+            self.store.put(HEADS_PREFIX + ref.name, json.dumps({"key": remaining[-1].key}).encode())
+        else:
+            self.store.delete(HEADS_PREFIX + ref.name)
+
+    def _remember(self, manifest: Manifest, raw: bytes) -> None:
+        # The version is unknown until the next listing (learning it would cost a request): a copy of
+        # unknown version serves lookups through a head or a parent, and is read again after a listing.
+        with self._lock:
+            self._manifests[manifest.ref.key] = ("", manifest)
+            self._versions.pop(manifest.ref.key, None)
+        if self._cache is not None:
+            self._cache.put(manifest.ref.key, raw, "")
+
+    def load_manifest(self, ref: BackupRef, fresh: bool = False) -> Manifest:
+        """A backup's manifest: from memory or the local cache when they hold the version the store listed
+        (or nothing was listed), else from the store; ``fresh`` always reads the store."""
+        with self._lock:
+            listed = self._versions.get(ref.key)
+            held = self._manifests.get(ref.key)
+        if held is not None and not fresh and (listed is None or held[0] == listed):
+            return held[1]
         cache = self._cache
-        raw = cache.get(ref.key) if cache is not None else None
+        raw = cache.get(ref.key, listed) if cache is not None and not fresh else None
+        manifest: Manifest | None = None
         if raw is not None and cache is not None:
             try:
                 manifest = Manifest.from_bytes(raw, ref.key)
-            except (CorruptDataError, ValueError):
+            except CorruptDataError:
                 cache.forget(ref.key)
-                raw = None
-        if raw is None:
+        version = listed or ""
+        if manifest is None:
             try:
                 raw = self.store.get(ref.key)
             except NotFoundError:
                 raise CorruptDataError(f"backup {ref.id} ({ref.name}) is missing from {self.location}") from None
             manifest = Manifest.from_bytes(raw, ref.key)
             if cache is not None:
-                cache.put(ref.key, raw)
+                cache.put(ref.key, raw, version)
         with self._lock:
-            self._manifests[ref.key] = manifest
+            self._manifests[ref.key] = (version, manifest)
         return manifest
 
     def list_backups(self, name: str | None = None) -> list[BackupRef]:
         """Backups in (name, time) order, optionally of one name only."""
         prefix = BACKUPS_PREFIX + (f"{name}/" if name else "")
-        refs = [r for o in self.store.list(prefix) if (r := BackupRef.from_key(o.key)) is not None]
+        refs = []
+        for obj in self.store.list(prefix):
+            ref = BackupRef.from_key(obj.key)
+            if ref is not None:
+                refs.append(ref)
+                with self._lock:
+                    self._versions[obj.key] = obj.version
         return sorted(refs, key=lambda r: (r.name, r.stamp))
 
     def latest(self, name: str) -> BackupRef | None:
@@ -230,20 +272,28 @@ class Repository:
             raise AmbiguousBackupError(f"backup id prefix {spec!r} matches {len(matches)} backups; give more of it")
         return matches[0]
 
-    def chain(self, ref: BackupRef) -> list[Manifest]:
+    def chain(self, ref: BackupRef, fresh: bool = False) -> list[Manifest]:
         """The manifests from ``ref`` back to its full backup, newest first."""
-        chain = [self.load_manifest(ref)]
+        chain = [self.load_manifest(ref, fresh)]
         while chain[-1].parent is not None:
             if len(chain) > 100_000:
                 raise CorruptDataError(f"the chain of backup {ref.id} does not end in a full backup")
-            chain.append(self.load_manifest(chain[-1].parent))
+            chain.append(self.load_manifest(chain[-1].parent, fresh))
         if chain[-1].kind != "full":
             raise CorruptDataError(f"the chain of backup {ref.id} does not end in a full backup")
         return chain
 
     def resolve(self, ref: BackupRef) -> tuple[Manifest, ExtentMap]:
-        """The manifest of ``ref`` and its resolved map (every byte of the image, newest piece first)."""
-        chain = self.chain(ref)
+        """The manifest of ``ref`` and its resolved map (every byte of the image, newest piece first).
+
+        A chain that does not resolve is read once more from the store: copies held in memory or in the
+        local cache may predate a ``forget`` that folded a parent into its child."""
+        try:
+            return self._resolve(self.chain(ref), ref)
+        except CorruptDataError:
+            return self._resolve(self.chain(ref, fresh=True), ref)
+
+    def _resolve(self, chain: list[Manifest], ref: BackupRef) -> tuple[Manifest, ExtentMap]:
         resolved = chain[0].extents
         for older in chain[1:]:
             resolved = overlay(resolved, older.extents)

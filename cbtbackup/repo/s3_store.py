@@ -117,7 +117,7 @@ class S3Store(Store):
             head = self._call("stat", key, self._client.head_object, Bucket=self.bucket, Key=self.prefix + key)
         except NotFoundError:
             return None
-        return ObjectInfo(key, int(head["ContentLength"]))
+        return ObjectInfo(key, int(head["ContentLength"]), str(head.get("ETag", "")))
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         paginator = self._client.get_paginator("list_objects_v2")
@@ -129,7 +129,7 @@ class S3Store(Store):
             if page is None:
                 break
             for item in page.get("Contents", []):
-                found.append(ObjectInfo(item["Key"][len(self.prefix):], int(item["Size"])))
+                found.append(ObjectInfo(item["Key"][len(self.prefix):], int(item["Size"]), str(item.get("ETag", ""))))
         return iter(sorted(found, key=lambda o: o.key))
 
     def delete(self, key: str) -> None:

@@ -27,6 +27,7 @@ class StoreCapabilities:
 class ObjectInfo:
     key: str
     size: int
+    version: str = ""  # changes whenever the object is replaced (an ETag, a file's inode and mtime)
 
 
 class Store(abc.ABC):
