@@ -13,18 +13,22 @@ import threading
 import time
 from array import array
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Literal
 
 from cbtbackup.engine.cbt import changed_runs, plan_incremental
 from cbtbackup.engine.providers import BlksnapProvider, SnapshotSession, choose_provider
 from cbtbackup.errors import CorruptDataError, UsageError
 from cbtbackup.model.extent_map import ZERO_DIGEST, ExtentMap, Piece, overlay
-from cbtbackup.pipeline.chains import chain_for, this_host
+from cbtbackup.pipeline.chains import candidate_names, chain_for, this_host
+from cbtbackup.pipeline.hooks import Hook, no_hook
 from cbtbackup.pipeline.plan import Extent, aligned_extents, cbt_extents, lost_runs, merge_runs
 from cbtbackup.pipeline.progress import NullProgress, Progress
 from cbtbackup.pipeline.scan_compare import PreviousImage
+from cbtbackup.pipeline.synthesize import synthesize
 from cbtbackup.pipeline.workers import BoundedSubmitter, PipelineConfig
 from cbtbackup.repo.chunk_codec import digest_of
+from cbtbackup.repo.locks import HeldLock
 from cbtbackup.repo.manifest import BackupRef, BackupStats, Manifest, check_name
 from cbtbackup.repo.repository import Repository
 
@@ -46,12 +50,15 @@ class BackupOptions:
     diff_storage: str | None = None  # blksnap: where the module keeps old chunks
     diff_storage_limit: int | None = None
     rename_source: bool = False  # allow --name's chain to hold backups of another source path
+    wait_lock: float = 0.0  # seconds to wait for another writer of the chain (or a prune) to finish
+    synthetic_full_every: int = 0  # after an incremental, synthesize a full once the chain has this many
 
 
 @dataclasses.dataclass
 class BackupResult:
     manifest: Manifest
     notes: list[str]
+    synthetic: str | None = None  # the id of a synthetic full made right after this backup
 
     def to_json(self) -> dict[str, Any]:
         m, s = self.manifest, self.manifest.stats
@@ -66,6 +73,7 @@ class BackupResult:
             **dataclasses.asdict(s),
             "throughput_mib_s": round(s.bytes_scanned / (1 << 20) / s.duration_s, 1) if s.duration_s else None,
             "notes": self.notes,
+            "synthetic_full": self.synthetic,
         }
 
 
@@ -74,14 +82,51 @@ def run_backup(
     options: BackupOptions,
     progress: Progress | None = None,
     config: PipelineConfig | None = None,
+    hook: Hook = no_hook,
 ) -> BackupResult:
-    """Snapshot one source and back it up into its chain."""
+    """Snapshot one source and back it up into its chain, holding the chain's lock.
+
+    Hook points: ``"snapshot-taken"`` (the snapshot is held, nothing read yet) and ``"before-commit"`` (every
+    chunk is stored, the manifest is not written)."""
+    progress = progress or NullProgress()
     provider = choose_provider(options.source, options.provider, state_dir=options.state_dir, freeze=options.freeze,
                                diff_storage=options.diff_storage, diff_storage_limit=options.diff_storage_limit)
-    name = chain_for(repo, provider.source, check_name(options.name) if options.name else None,
-                     options.rename_source)
-    with provider.open_snapshot() as session:
-        return backup_session(repo, session, options.kind, name, progress, config)
+    explicit = check_name(options.name) if options.name else None
+    with _chain_lock(repo, options, candidate_names(provider.source, explicit), progress) as lock:
+        name = chain_for(repo, provider.source, explicit, options.rename_source)
+        with provider.open_snapshot() as session:
+            hook("snapshot-taken")
+            result = backup_session(repo, session, options.kind, name, progress, config, _checked(lock, hook))
+        if options.kind == "incr" and options.synthetic_full_every > 0:
+            _maybe_synthesize(repo, result, options.synthetic_full_every, progress)
+        return result
+
+
+def _chain_lock(repo: Repository, options: BackupOptions, names: list[str], progress: Progress) -> HeldLock:
+    return repo.locks.acquire(f"{options.kind} backup of {', '.join(names)}", wait=options.wait_lock,
+                              exclusive=tuple(f"chain:{n}" for n in names), shared=("repo",),
+                              notice=progress.notice)
+
+
+def _checked(lock: HeldLock, hook: Hook) -> Hook:
+    """The caller's hook, and the lock check before anything is committed."""
+    def run(point: str) -> None:
+        hook(point)
+        if point == "before-commit":
+            lock.check()
+    return run
+
+
+def _maybe_synthesize(repo: Repository, result: BackupResult, every: int, progress: Progress) -> None:
+    """Forever-forward incremental: once a chain has ``every`` incrementals, its newest becomes a full."""
+    chain = repo.chain(result.manifest.ref)
+    if len(chain) - 1 >= every:
+        synthetic = synthesize(repo, result.manifest.ref)
+        result.synthetic = synthetic.ref.id
+        message = (f"synthetic full {synthetic.ref.id} made from {result.manifest.ref.id} "
+                   f"({len(chain) - 1} incrementals in its chain)")
+        result.notes.append(message)
+        progress.notice(message)
 
 
 def run_device_group_backup(
@@ -96,14 +141,17 @@ def run_device_group_backup(
         raise UsageError("--name names one chain; with several devices each is named after its device")
     if options.provider not in ("auto", "blksnap"):
         raise UsageError("several sources in one snapshot need the blksnap provider")
-    provider = BlksnapProvider(devices, options.diff_storage, options.diff_storage_limit)
-    group = provider.open_group()
-    try:
-        return [backup_session(repo, session, options.kind, chain_for(repo, session.source, None, False),
-                               progress, config)
-                for session in group.sessions]
-    finally:
-        group.close()
+    progress = progress or NullProgress()
+    names = [n for device in devices for n in candidate_names(str(Path(device).absolute()), None)]
+    with _chain_lock(repo, options, names, progress) as lock:
+        provider = BlksnapProvider(devices, options.diff_storage, options.diff_storage_limit)
+        group = provider.open_group()
+        try:
+            return [backup_session(repo, session, options.kind, chain_for(repo, session.source, None, False),
+                                   progress, config, _checked(lock, no_hook))
+                    for session in group.sessions]
+        finally:
+            group.close()
 
 
 def backup_session(
@@ -113,8 +161,10 @@ def backup_session(
     name: str,
     progress: Progress | None = None,
     config: PipelineConfig | None = None,
+    hook: Hook = no_hook,
 ) -> BackupResult:
-    """Back up one taken snapshot into the chain ``name``; the caller owns (and destroys) the snapshot."""
+    """Back up one taken snapshot into the chain ``name``; the caller owns (and destroys) the snapshot and
+    holds the chain's lock."""
     progress = progress or NullProgress()
     config = config or PipelineConfig()
     started = time.monotonic()
@@ -167,6 +217,7 @@ def backup_session(
         cbt=session.cbt.info.checkpoint() if session.cbt else None,
         stats=writer.stats,
     )
+    hook("before-commit")
     repo.save_manifest(manifest)
     return BackupResult(manifest, notes)
 

@@ -10,6 +10,7 @@ renamed. Chains named by older versions (after the file name alone) keep being u
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 from pathlib import Path
@@ -64,6 +65,16 @@ def owner_of(repo: Repository, name: str) -> Manifest | None:
 
 def same_source(m: Manifest, source: str, host: str) -> bool:
     return m.source == source and (m.host is None or m.host == host)
+
+
+def candidate_names(source: str, name: str | None) -> list[str]:
+    """Every chain a backup of ``source`` may go into (to lock them before :func:`chain_for` decides)."""
+    if name is not None:
+        return [name]
+    names = [default_name(source)]
+    with contextlib.suppress(UsageError):  # no valid legacy name: no legacy chain
+        names.append(check_name(legacy_name(source)))
+    return names
 
 
 def chain_for(repo: Repository, source: str, name: str | None, rename_source: bool) -> str:

@@ -215,8 +215,8 @@ class Locker:
         settle_until = time.monotonic() + SETTLE_SECONDS
         while True:
             live = []
-            for other in self.read_all():
-                if other.id == mine.id or not other.conflicts(mine):
+            for other in self.read_all(skip=mine.key):
+                if not other.conflicts(mine):
                     continue
                 why = other.stale(time.time())
                 if why is not None:
@@ -232,9 +232,11 @@ class Locker:
                 return min(older or live, key=lambda o: (o.created, o.id))
             time.sleep(random.uniform(0.02, 0.1))  # only newer contenders: they see this lock and back off
 
-    def read_all(self) -> list[LockInfo]:
+    def read_all(self, skip: str = "") -> list[LockInfo]:
         found = []
         for obj in self.store.list(LOCKS_PREFIX):
+            if obj.key == skip:
+                continue
             try:
                 found.append(LockInfo.from_bytes(self.store.get(obj.key)))
             except NotFoundError:

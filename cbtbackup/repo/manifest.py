@@ -14,6 +14,7 @@ Object layout (see docs/format.md):
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import re
 import secrets
@@ -53,6 +54,11 @@ class BackupRef:
     @property
     def key(self) -> str:
         return f"{BACKUPS_PREFIX}{self.name}/{self.stamp}_{self.id}"
+
+    def just_after(self) -> BackupRef:
+        """A new backup of the same chain that sorts right after this one (a microsecond later)."""
+        when = datetime.datetime.strptime(self.stamp, "%Y%m%dT%H%M%S%fZ") + datetime.timedelta(microseconds=1)
+        return BackupRef(self.name, when.strftime("%Y%m%dT%H%M%S%fZ"), secrets.token_hex(8))
 
     @classmethod
     def new(cls, name: str) -> BackupRef:
@@ -97,6 +103,7 @@ class Manifest:
     cbt: CbtCheckpoint | None = None
     stats: BackupStats = dataclasses.field(default_factory=BackupStats)
     host: str | None = None  # the host that made it (None in manifests of older versions)
+    synthesized_from: str | None = None  # the id of the backup a synthetic full reproduces
 
     def metadata(self) -> dict[str, Any]:
         return {
@@ -109,6 +116,7 @@ class Manifest:
             "created": self.created,
             "source": self.source,
             "host": self.host,
+            **({"synthesized_from": self.synthesized_from} if self.synthesized_from else {}),
             "provider": self.provider,
             "device_size": self.device_size,
             "chunk_size": self.chunk_size,
@@ -173,4 +181,5 @@ class Manifest:
             ),
             stats=BackupStats(**meta["stats"]),
             host=meta.get("host"),
+            synthesized_from=meta.get("synthesized_from"),
         )

@@ -131,16 +131,18 @@ class Repository:
 
     # -- manifests -----------------------------------------------------------------------------------------
 
-    def save_manifest(self, manifest: Manifest) -> None:
-        """Commit a backup: make its chunks durable, then put the manifest, then make that durable."""
+    def save_manifest(self, manifest: Manifest, newest: bool = True) -> None:
+        """Commit a backup: make its chunks durable, then put the manifest, then make that durable; a
+        backup that is its chain's ``newest`` becomes the chain's head."""
         raw = manifest.to_bytes()
         self.store.sync()
         self.store.put(manifest.ref.key, raw)
         self.store.sync()
         self._remember(manifest, raw)
-        self.store.put(HEADS_PREFIX + manifest.ref.name, json.dumps({"key": manifest.ref.key}).encode())
-        with self._lock:
-            self._heads[manifest.ref.name] = manifest.ref
+        if newest:
+            self.store.put(HEADS_PREFIX + manifest.ref.name, json.dumps({"key": manifest.ref.key}).encode())
+            with self._lock:
+                self._heads[manifest.ref.name] = manifest.ref
 
     def rewrite_manifest(self, manifest: Manifest) -> None:
         """Replace a manifest in place, atomically (``forget`` folding a removed parent into it)."""

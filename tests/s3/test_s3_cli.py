@@ -43,12 +43,13 @@ def test_full_incrementals_list_verify_restore(
         assert inc.code == 0, inc.err
         assert inc.json["method"] == "cbt"
         # Requests follow the changed data: a HEAD and a PUT per new chunk, the manifest, the head pointer,
-        # and three reads (the config, the chain's head, the quarantine listing) — never one per chunk of the
-        # image or per earlier backup.
+        # the lock (put, listed, checked before the commit, deleted), and reads of the config, the chain's
+        # head and the quarantine — never one per chunk of the image or per earlier backup.
         new = inc.json["chunks_new"]
-        assert proxy.counts["PUT"] == new + 2
+        assert proxy.counts["PUT"] == new + 3
         assert proxy.counts["HEAD"] == new
-        assert proxy.counts["GET"] <= 3, proxy.get_paths
+        assert proxy.counts["GET"] <= 5, proxy.get_paths
+        assert proxy.counts["DELETE"] == 1
         points.append((inc.json["id"], image.read_bytes()))
     listing = cli("list", "-r", repo, *ep, "--json").json["backups"]
     assert [b["id"] for b in listing] == [p[0] for p in points]
@@ -132,7 +133,7 @@ def test_permanent_failure_then_resume(
     earlier = cli("full", "-r", repo, *ep, small, "--json").json["id"]
     big = make_image(8 * MiB)  # 32 chunks
     proxy.reset_counts()
-    proxy.set_policy(FaultPolicy(deny_puts_after=10))
+    proxy.set_policy(FaultPolicy(deny_puts_after=11))  # the lock, then ten chunks
     failed = cli("full", "-r", repo, *ep, big)
     failed.assert_one_line_error(7, "access denied")
     stored_before = sum(1 for p in proxy.put_paths if "/chunks/" in p)
