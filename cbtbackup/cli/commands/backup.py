@@ -9,6 +9,7 @@ import click
 from cbtbackup.cli.app import emit, json_option, repo_option
 from cbtbackup.cli.progress_bar import make_progress
 from cbtbackup.engine.providers import PROVIDERS
+from cbtbackup.model.durations import parse_wait
 from cbtbackup.model.sizes import format_size, parse_size
 from cbtbackup.pipeline.backup import BackupOptions, run_backup, run_device_group_backup
 from cbtbackup.repo.location import StoreOptions, open_repository
@@ -16,11 +17,13 @@ from cbtbackup.repo.location import StoreOptions, open_repository
 
 def _backup(repo: str, endpoint_url: str | None, sources: tuple[str, ...], kind: Literal["full", "incr"],
             name: str | None, provider: str, state_dir: str | None, freeze: str | None, diff_storage: str | None,
-            diff_storage_limit: str | None, rename_source: bool, as_json: bool) -> None:
+            diff_storage_limit: str | None, rename_source: bool, wait_lock: str | None, synthetic_every: int,
+            as_json: bool) -> None:
     options = BackupOptions(source=sources[0], kind=kind, name=name, provider=provider, state_dir=state_dir,
                             freeze=freeze, diff_storage=diff_storage,
                             diff_storage_limit=parse_size(diff_storage_limit) if diff_storage_limit else None,
-                            rename_source=rename_source)
+                            rename_source=rename_source, wait_lock=parse_wait(wait_lock) if wait_lock else 0.0,
+                            synthetic_full_every=synthetic_every)
     repository = open_repository(repo, StoreOptions(endpoint_url))
     if len(sources) == 1:
         results = [run_backup(repository, options, make_progress())]
@@ -54,12 +57,17 @@ def _backup_command(kind: Literal["full", "incr"], doc: str) -> click.Command:
                   help="blksnap: where the module keeps old chunks (a directory, file or device; default /var/tmp).")
     @click.option("--diff-storage-limit", metavar="SIZE",
                   help="blksnap: the most the difference storage may grow to (default: a tenth of the devices).")
+    @click.option("--wait-lock", metavar="DURATION",
+                  help="Wait up to this long (30s, 5m, 1h) for another writer of the chain, or a prune.")
+    @click.option("--synthetic-full-every", "synthetic_every", type=int, default=0, metavar="N", hidden=kind == "full",
+                  help="After the backup, write a synthetic full once the chain holds N incrementals.")
     @json_option
     def command(repo: str, endpoint_url: str | None, sources: tuple[str, ...], name: str | None, provider: str,
                 state_dir: str | None, freeze: str | None, diff_storage: str | None,
-                diff_storage_limit: str | None, rename_source: bool, as_json: bool) -> None:
+                diff_storage_limit: str | None, rename_source: bool, wait_lock: str | None, synthetic_every: int,
+                as_json: bool) -> None:
         _backup(repo, endpoint_url, sources, kind, name, provider, state_dir, freeze, diff_storage,
-                diff_storage_limit, rename_source, as_json)
+                diff_storage_limit, rename_source, wait_lock, synthetic_every, as_json)
 
     return command
 

@@ -12,8 +12,10 @@ from cbtbackup.cli.progress_bar import make_progress
 from cbtbackup.errors import CorruptDataError
 from cbtbackup.model.sizes import format_size, parse_size
 from cbtbackup.pipeline.integrity import DamagedBackupError, run_verify
+from cbtbackup.pipeline.stats import bytes_alone
 from cbtbackup.repo.config import RepositoryConfig
 from cbtbackup.repo.location import StoreOptions, open_repository, open_store
+from cbtbackup.repo.manifest import BackupRef
 from cbtbackup.repo.repository import Repository
 
 
@@ -36,7 +38,8 @@ def init(repo: str, endpoint_url: str | None, chunk_size: str, compression: str,
 @click.option("--name", help="Only the backups of this chain.")
 @json_option
 def list_backups(repo: str, endpoint_url: str | None, name: str | None, as_json: bool) -> None:
-    """List backups: id, chain, kind, parent, time, size, stored bytes, host and source."""
+    """List backups: id, chain, kind, parent, time, size, bytes stored when it was made, bytes only it
+    still uses (what forgetting it and pruning would free), host and source."""
     repository = open_repository(repo, StoreOptions(endpoint_url))
     rows: list[dict[str, Any]] = []
     unreadable: list[dict[str, str]] = []
@@ -47,19 +50,22 @@ def list_backups(repo: str, endpoint_url: str | None, name: str | None, as_json:
             unreadable.append({"id": ref.id, "name": ref.name, "error": str(e)})
             continue
         rows.append({
-            "id": ref.id, "name": ref.name, "kind": m.kind, "method": m.method,
+            "id": ref.id, "name": ref.name, "stamp": ref.stamp, "kind": m.kind, "method": m.method,
             "parent": m.parent.id if m.parent else None, "created": m.created, "source": m.source,
             "host": m.host, "device_size": m.device_size, "bytes_changed": m.stats.bytes_changed,
             "bytes_stored": m.stats.bytes_stored,
         })
+    alone = bytes_alone(repository, [BackupRef(r["name"], r["stamp"], r["id"]) for r in rows])
+    for r in rows:
+        r["bytes_alone"] = alone.get(r["id"], 0)
     width = max([len("NAME"), *(len(r["name"]) for r in rows)])
-    lines = [f"{'ID':16}  {'NAME':{width}}  {'KIND':4}  {'METHOD':6}  {'PARENT':16}  {'TIME (UTC)':19}  "
-             f"{'SIZE':>10}  {'STORED':>10}  HOST:SOURCE"]
+    lines = [f"{'ID':16}  {'NAME':{width}}  {'KIND':4}  {'METHOD':9}  {'PARENT':16}  {'TIME (UTC)':19}  "
+             f"{'SIZE':>10}  {'STORED':>10}  {'ALONE':>10}  HOST:SOURCE"]
     for r in rows:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r["created"]))
-        lines.append(f"{r['id']:16}  {r['name']:{width}}  {r['kind']:4}  {r['method']:6}  {r['parent'] or '-':16}  "
+        lines.append(f"{r['id']:16}  {r['name']:{width}}  {r['kind']:4}  {r['method']:9}  {r['parent'] or '-':16}  "
                      f"{when:19}  {format_size(r['device_size']):>10}  {format_size(r['bytes_stored']):>10}  "
-                     f"{r['host'] or '?'}:{r['source']}")
+                     f"{format_size(r['bytes_alone']):>10}  {r['host'] or '?'}:{r['source']}")
     for bad in unreadable:
         warn(f"backup {bad['id']} ({bad['name']}) cannot be read: {bad['error']}")
     emit(as_json, {"backups": rows, "unreadable": unreadable}, lines)
