@@ -26,13 +26,13 @@ def restores_exactly(cli: RunCli, repo: tuple[str, ...], backup_id: str, expecte
 def forget_and_synthesize_story(cli: RunCli, repo: tuple[str, ...], image: Path, tmp_path: Path) -> None:
     """Forget a middle incremental, the full, the newest; synthesize; every kept backup restores exactly."""
     cli("track", image)
-    points: dict[str, bytes] = {}
-    digests: dict[str, str] = {}
+    points: dict[str, bytes] = {}  # the backups that must be there, and their images
+    images: dict[str, bytes] = {}  # every backup's image, also of those forgotten since
 
     def backup(kind: str) -> str:
         result = cli(kind, *repo, image, "--json")
         assert result.code == 0, result.err
-        points[result.json["id"]] = image.read_bytes()
+        points[result.json["id"]] = images[result.json["id"]] = image.read_bytes()
         return str(result.json["id"])
 
     full = backup("full")
@@ -40,17 +40,15 @@ def forget_and_synthesize_story(cli: RunCli, repo: tuple[str, ...], image: Path,
     for i in range(3):
         write(image, (i * 5 + 1) * MiB, 3 * MiB // 2)
         incrs.append(backup("incr"))
-    listed = {b["id"]: b for b in cli("list", *repo, "--json").json["backups"]}
     for backup_id in points:
         verify = cli("verify", *repo, backup_id, "--json")
         assert verify.code == 0, verify.err
-    for b in listed.values():
-        digests[b["id"]] = b["id"]
 
     def check_all() -> None:
         left = cli("list", *repo, "--json").json["backups"]
+        assert {b["id"] for b in left} == set(points)
         for b in left:
-            restores_exactly(cli, repo, b["id"], points[b.get("synthesized_from") or b["id"]], tmp_path / "r.img")
+            restores_exactly(cli, repo, b["id"], images[b.get("synthesized_from") or b["id"]], tmp_path / "r.img")
         assert cli("verify", *repo).code == 0
 
     middle = cli("forget", *repo, incrs[0], "--json")
@@ -73,18 +71,18 @@ def forget_and_synthesize_story(cli: RunCli, repo: tuple[str, ...], image: Path,
     write(image, 20 * MiB, MiB)
     after = cli("incr", *repo, image, "--json").json
     assert after["parent"] == incrs[1] and after["method"] == "cbt", after
-    points[after["id"]] = image.read_bytes()
+    points[after["id"]] = images[after["id"]] = image.read_bytes()
 
     synthetic = cli("synthesize", *repo, after["id"], "--json")
     assert synthetic.code == 0, synthetic.err
-    points[synthetic.json["id"]] = points[after["id"]]
+    points[synthetic.json["id"]] = images[synthetic.json["id"]] = images[after["id"]]
     rows = {b["id"]: b for b in cli("list", *repo, "--json").json["backups"]}
     assert rows[synthetic.json["id"]]["kind"] == "full" and rows[synthetic.json["id"]]["method"] == "synthetic"
     check_all()
     write(image, 30 * MiB, MiB)
     nxt = cli("incr", *repo, image, "--json").json
     assert nxt["parent"] == synthetic.json["id"] and nxt["method"] == "cbt"
-    points[nxt["id"]] = image.read_bytes()
+    points[nxt["id"]] = images[nxt["id"]] = image.read_bytes()
     # The chain of the synthetic full can lose everything older: it needs none of it.
     assert cli("forget", *repo, incrs[1], after["id"]).code == 0
     del points[incrs[1]], points[after["id"]]

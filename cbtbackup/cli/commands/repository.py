@@ -52,7 +52,8 @@ def list_backups(repo: str, endpoint_url: str | None, name: str | None, as_json:
         rows.append({
             "id": ref.id, "name": ref.name, "stamp": ref.stamp, "kind": m.kind, "method": m.method,
             "parent": m.parent.id if m.parent else None, "created": m.created, "source": m.source,
-            "host": m.host, "device_size": m.device_size, "bytes_changed": m.stats.bytes_changed,
+            "host": m.host, "synthesized_from": m.synthesized_from, "device_size": m.device_size,
+            "bytes_changed": m.stats.bytes_changed,
             "bytes_stored": m.stats.bytes_stored,
         })
     alone = bytes_alone(repository, [BackupRef(r["name"], r["stamp"], r["id"]) for r in rows])
