@@ -29,7 +29,10 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, by
     root = tmp_path_factory.mktemp("seed")
     repo, image = root / "repo", root / "disk.img"
     image.write_bytes(os.urandom(16 * MiB))
-    run = lambda *a: main([str(x) for x in a])  # noqa: E731
+
+    def run(*a: object) -> int:
+        return main([str(x) for x in a])
+
     assert run("init", "-r", repo, "--chunk-size", "64KiB") == 0
     assert run("track", image) == 0
     points: dict[str, bytes] = {}
