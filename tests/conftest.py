@@ -14,6 +14,15 @@ import pytest
 from cbtbackup.cli import main
 
 MakeImage = Callable[..., Path]
+PASSPHRASE = "correct horse battery staple"
+
+
+@pytest.fixture(autouse=True)
+def repository_passphrase(monkeypatch: pytest.MonkeyPatch) -> str:
+    """Repositories made with the command line are encrypted by default: every test gives them this
+    passphrase (through the environment, so child processes have it too)."""
+    monkeypatch.setenv("CBTBACKUP_PASSWORD", PASSPHRASE)
+    return PASSPHRASE
 
 
 @pytest.fixture

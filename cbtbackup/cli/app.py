@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import json
 import os
@@ -12,7 +13,7 @@ import threading
 import traceback
 from collections.abc import Callable, Iterator
 from types import FrameType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import click
 
@@ -40,6 +41,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "list": ("cbtbackup.cli.commands.repository", "list_backups", "List the backups in a repository."),
     "restore": ("cbtbackup.cli.commands.restore", "restore", "Restore a backup to a file or block device."),
     "verify": ("cbtbackup.cli.commands.repository", "verify", "Check every chunk backups need."),
+    "key": ("cbtbackup.cli.commands.keys", "key", "Key slots of an encrypted repository: list, add, remove, passwd."),
     "forget": ("cbtbackup.cli.commands.lifecycle", "forget", "Remove backups by id or by retention rules."),
     "prune": ("cbtbackup.cli.commands.lifecycle", "prune", "Delete chunks no backup needs."),
     "synthesize": ("cbtbackup.cli.commands.lifecycle", "synthesize", "Write a synthetic full of a backup."),
@@ -75,7 +77,23 @@ def cli() -> None:
 
 
 def repo_option(f: F) -> F:
-    """``-r/--repo`` and ``--endpoint-url``: the command receives ``repo`` and ``endpoint_url``."""
+    """``-r/--repo``, ``--endpoint-url`` and the passphrase options: the command receives ``repo`` and
+    ``endpoint_url``; the passphrase options go where ``cli.passphrase`` reads them when a repository asks."""
+    inner = f
+
+    @functools.wraps(inner)
+    def with_passwords(*args: Any, password_file: str | None = None, password_command: str | None = None,
+                       **kwargs: Any) -> Any:
+        from cbtbackup.cli.passphrase import CURRENT, PasswordOptions
+
+        CURRENT.set(PasswordOptions(password_file, password_command))
+        return inner(*args, **kwargs)
+
+    f = cast(F, with_passwords)
+    f = click.option("--password-command", metavar="CMD",
+                     help="Run CMD and use the first line it prints as the passphrase.")(f)
+    f = click.option("--password-file", metavar="FILE",
+                     help="Read the passphrase from the first line of FILE (or set CBTBACKUP_PASSWORD).")(f)
     f = click.option(
         "--endpoint-url", envvar="CBTBACKUP_S3_ENDPOINT", metavar="URL",
         help="S3-compatible endpoint (MinIO, Ceph RGW); or set CBTBACKUP_S3_ENDPOINT.",

@@ -27,7 +27,6 @@ from cbtbackup.pipeline.progress import NullProgress, Progress
 from cbtbackup.pipeline.scan_compare import PreviousImage
 from cbtbackup.pipeline.synthesize import synthesize
 from cbtbackup.pipeline.workers import BoundedSubmitter, PipelineConfig
-from cbtbackup.repo.chunk_codec import digest_of
 from cbtbackup.repo.locks import HeldLock
 from cbtbackup.repo.manifest import BackupRef, BackupStats, Manifest, check_name
 from cbtbackup.repo.repository import Repository
@@ -313,7 +312,7 @@ def _run_chunks(
     results = _Results()
 
     def process(seq: int, data: bytes, pieces: list[Piece] | None) -> None:
-        digest = ZERO_DIGEST if _is_zero(data) else digest_of(data)
+        digest = ZERO_DIGEST if _is_zero(data) else repo.chunk_id(data)
         if pieces is None or previous is None:
             if digest != ZERO_DIGEST:
                 writer.store(digest, data)
@@ -330,7 +329,7 @@ def _run_chunks(
                 stored = []
                 for start, length in parts:
                     piece = data[start - offset: start - offset + length]
-                    d = ZERO_DIGEST if _is_zero(piece) else digest_of(piece)
+                    d = ZERO_DIGEST if _is_zero(piece) else repo.chunk_id(piece)
                     if d != ZERO_DIGEST:
                         writer.store(d, piece)
                     stored.append((start, length, d))

@@ -6,7 +6,7 @@
     5       1     codec: 0 = stored raw, 1 = zstd
     6       2     reserved, zero
     8       4     plaintext length (u32, little-endian)
-    12      32    BLAKE3 digest of the plaintext (also the object's key)
+    12      32    the chunk's id: BLAKE3 of the plaintext, keyed in an encrypted repository (also its key)
     44      ...   payload
 
 A chunk whose zstd frame would not save at least 1/32 of its size is stored raw: compression is tried
@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import struct
 import threading
+from collections.abc import Callable
 
-import blake3
 import zstandard
 
 from cbtbackup.errors import CorruptDataError, UsageError
@@ -46,16 +46,16 @@ class MissingChunkError(CorruptChunkError):
         self.digest = digest
 
 
-def digest_of(data: bytes | memoryview) -> bytes:
-    # blake3 releases the GIL for large inputs, so hashing in a thread pool runs in parallel.
-    return blake3.blake3(data).digest()
+ChunkId = Callable[[bytes | memoryview], bytes]
 
 
 class ChunkCodec:
-    """Encodes and decodes chunk objects; safe to share between threads."""
+    """Encodes and decodes chunk objects; safe to share between threads. ``chunk_id`` is the repository's
+    (plain or keyed BLAKE3), which decoding checks the plaintext against."""
 
-    def __init__(self, compression: str) -> None:
+    def __init__(self, compression: str, chunk_id: ChunkId) -> None:
         self.compression = compression
+        self._chunk_id = chunk_id
         self._level = parse_compression(compression)
         self._local = threading.local()
 
@@ -100,7 +100,7 @@ class ChunkCodec:
                 raise CorruptChunkError(expected, f"zstd: {e}") from None
         else:
             raise CorruptChunkError(expected, f"unknown codec {codec}")
-        if len(data) != length or digest_of(data) != expected:
+        if len(data) != length or self._chunk_id(data) != expected:
             raise CorruptChunkError(expected, "content does not match its digest")
         return data
 

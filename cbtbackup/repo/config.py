@@ -9,6 +9,7 @@ import uuid
 
 from cbtbackup.errors import CorruptDataError, UsageError
 from cbtbackup.repo.chunk_codec import parse_compression
+from cbtbackup.repo.sealing import check_mode
 
 FORMAT_NAME = "cbtbackup-repository"
 FORMAT_VERSION = 1
@@ -26,12 +27,20 @@ class RepositoryConfig:
     id: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex)
     created: float = dataclasses.field(default_factory=time.time)
     version: int = FORMAT_VERSION
+    encryption: str = "none"  # "none", "aes-256-gcm" or "chacha20-poly1305"
+    mac: str = ""  # keyed BLAKE3 of the other fields, in an encrypted repository (checked once unlocked)
 
     def __post_init__(self) -> None:
         cs = self.chunk_size
         if cs < MIN_CHUNK or cs > MAX_CHUNK or cs & (cs - 1):
             raise UsageError(f"chunk size {cs} is not a power of two from 64 KiB to 16 MiB")
         parse_compression(self.compression)
+        check_mode(self.encryption)
+
+    def body_for_mac(self) -> bytes:
+        """The fields the MAC covers: everything but the MAC."""
+        fields = {k: v for k, v in dataclasses.asdict(self).items() if k != "mac"}
+        return json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
 
     def to_bytes(self) -> bytes:
         fields = {"format": FORMAT_NAME, **dataclasses.asdict(self)}

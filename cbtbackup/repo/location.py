@@ -7,7 +7,7 @@ from pathlib import Path
 
 from cbtbackup.errors import NotFoundError, UsageError
 from cbtbackup.repo.local_store import LocalStore
-from cbtbackup.repo.repository import Repository
+from cbtbackup.repo.repository import Passphrase, Repository
 from cbtbackup.repo.retrying_store import RetryingStore
 from cbtbackup.repo.s3_store import S3Options, S3Store
 from cbtbackup.repo.store import Store
@@ -39,6 +39,7 @@ def open_store(location: str, options: StoreOptions | None = None, *, create: bo
     return LocalStore(path)
 
 
-def open_repository(location: str, options: StoreOptions | None = None) -> Repository:
-    """The repository at ``location``; a clear error if there is none or it is not ours."""
-    return Repository.open(open_store(location, options), location)
+def open_repository(location: str, options: StoreOptions | None = None, passphrase: Passphrase = None) -> Repository:
+    """The repository at ``location``; a clear error if there is none or it is not ours. ``passphrase``
+    (or a function that returns it) unlocks an encrypted one."""
+    return Repository.open(open_store(location, options), location, passphrase)

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
-from cbtbackup.errors import BusyError, CbtError, NotFoundError
+from cbtbackup.errors import BusyError, CbtError, CorruptDataError, NotFoundError
 
 LOCKS_PREFIX = "locks/"
 DEFAULT_TTL = 30 * 60.0  # seconds without a refresh after which a lock of another host is stale
@@ -137,7 +137,7 @@ class HeldLock:
                     self._lost = "the lock was removed while this ran"
                     return
                 self.info = dataclasses.replace(self.info, refreshed=time.time())
-                self._locker.store.put(self.info.key, self.info.to_bytes())
+                self._locker.store.put(self.info.key, self._locker.seal(self.info))
             except CbtError:
                 continue  # a passing failure: the next refresh tries again, well within the time to live
 
@@ -146,7 +146,7 @@ class HeldLock:
         if self._lost is None:
             try:
                 raw = self._locker.store.get(self.info.key)
-                if LockInfo.from_bytes(raw).id != self.info.id:
+                if self._locker.unseal(self.info.key, raw).id != self.info.id:
                     self._lost = "the lock object was replaced"
             except NotFoundError:
                 self._lost = "the lock was removed while this ran (by unlock, or by a process that found it stale)"
@@ -171,9 +171,17 @@ class HeldLock:
 class Locker:
     """Takes, lists and removes the locks of one repository's store."""
 
-    def __init__(self, store: Any, ttl: float = DEFAULT_TTL) -> None:
+    def __init__(self, store: Any, sealer: Any = None, ttl: float = DEFAULT_TTL) -> None:
         self.store = store
+        self.sealer = sealer  # locks are sealed like every object of an encrypted repository
         self.ttl = ttl
+
+    def seal(self, info: LockInfo) -> bytes:
+        raw = info.to_bytes()
+        return self.sealer.seal(info.key, raw) if self.sealer is not None else raw
+
+    def unseal(self, key: str, raw: bytes) -> LockInfo:
+        return LockInfo.from_bytes(self.sealer.open(key, raw) if self.sealer is not None else raw)
 
     def acquire(
         self,
@@ -191,7 +199,7 @@ class Locker:
             now = time.time()
             info = LockInfo(secrets.token_hex(8), socket.gethostname(), _boot_id(), os.getpid(),
                             _process_start(os.getpid()), command, now, now, self.ttl, shared, exclusive)
-            if not self.store.put_if_absent(info.key, info.to_bytes()):
+            if not self.store.put_if_absent(info.key, self.seal(info)):
                 continue  # a random id that exists already: take another
             try:
                 holder = self._settle(info, notice)
@@ -238,10 +246,10 @@ class Locker:
             if obj.key == skip:
                 continue
             try:
-                found.append(LockInfo.from_bytes(self.store.get(obj.key)))
+                found.append(self.unseal(obj.key, self.store.get(obj.key)))
             except NotFoundError:
                 continue  # released meanwhile
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, CorruptDataError):
                 continue  # not a lock this version can read; ``unlock --remove-all`` clears it
         return found
 

@@ -9,7 +9,12 @@ Keys (docs/format.md):
   the manifest (if it is missing or stale the chain is listed; a stale head only makes the next
   incremental start from an older, still valid, backup);
 - ``quarantine/<key>`` — objects that failed their checks, moved aside (:mod:`.quarantine`);
-- ``locks/<id>`` — who writes what at the moment (:mod:`.locks`).
+- ``locks/<id>`` — who writes what at the moment (:mod:`.locks`);
+- ``keys/<id>`` — in an encrypted repository, the master key wrapped under each passphrase (:mod:`.keys`).
+
+Every object but ``config`` and the key slots goes through the repository's sealer (:mod:`.sealing`): in an
+encrypted repository it is authenticated and encrypted with its key as associated data, and chunk ids are
+keyed digests.
 
 The commit rule: every chunk a manifest names is put and synced before the manifest is put, so a
 manifest that can be listed is whole. Everything here is shared by every backend.
@@ -17,19 +22,25 @@ manifest that can be listed is whole. Everything here is shared by every backend
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import threading
+from collections.abc import Callable
 
 from cbtbackup.errors import CorruptDataError, NotFoundError, UsageError
 from cbtbackup.model.extent_map import ExtentMap, overlay
-from cbtbackup.repo.chunk_codec import ChunkCodec, MissingChunkError
+from cbtbackup.repo.chunk_codec import ChunkCodec, CorruptChunkError, MissingChunkError
 from cbtbackup.repo.config import RepositoryConfig
+from cbtbackup.repo.keys import KeySlots, UnlockError
 from cbtbackup.repo.locks import Locker
 from cbtbackup.repo.manifest import BACKUPS_PREFIX, BackupRef, Manifest
 from cbtbackup.repo.manifest_cache import ManifestCache, default_cache_root
 from cbtbackup.repo.quarantine import Quarantine
+from cbtbackup.repo.sealing import AeadSealer, PlainSealer, Sealer
 from cbtbackup.repo.store import Store
 
+Passphrase = str | Callable[[], str | None] | None  # asked for only when the repository is encrypted
 CONFIG_KEY = "config"
 CHUNKS_PREFIX = "chunks/"
 HEADS_PREFIX = "heads/"
@@ -41,12 +52,18 @@ class AmbiguousBackupError(UsageError):
 
 class Repository:
     def __init__(
-        self, store: Store, config: RepositoryConfig, location: str, cache: ManifestCache | None = None
+        self, store: Store, config: RepositoryConfig, location: str, cache: ManifestCache | None = None,
+        sealer: Sealer | None = None, key_slot: str | None = None, master: bytes | None = None,
     ) -> None:
         self.store = store
         self.config = config
         self.location = location
-        self.codec = ChunkCodec(config.compression)
+        self.sealer: Sealer = sealer or PlainSealer()
+        self.chunk_id = self.sealer.chunk_id
+        self.codec = ChunkCodec(config.compression, self.sealer.chunk_id)
+        self.keys = KeySlots(store, config.id)
+        self.key_slot = key_slot  # the slot this process unlocked with
+        self._master = master  # in memory only, for adding key slots
         self._manifests: dict[str, tuple[str, Manifest]] = {}  # key -> (version, manifest)
         self._versions: dict[str, str] = {}  # key -> the version the store last listed
         self._lock = threading.Lock()
@@ -54,13 +71,13 @@ class Repository:
             cache = ManifestCache(default_cache_root(), config.id)
         self._cache = cache
         self.quarantine = Quarantine(store)
-        self.locks = Locker(store)
+        self.locks = Locker(store, self.sealer)
         self._heads: dict[str, BackupRef] = {}  # chains whose newest backup this process already found
 
     # -- opening -------------------------------------------------------------------------------------------
 
     @classmethod
-    def init(cls, store: Store, location: str, config: RepositoryConfig) -> Repository:
+    def init(cls, store: Store, location: str, config: RepositoryConfig, passphrase: str | None = None) -> Repository:
         if store.stat(CONFIG_KEY) is not None:
             try:
                 RepositoryConfig.from_bytes(store.get(CONFIG_KEY), location)
@@ -70,17 +87,51 @@ class Repository:
                 raise UsageError(f"{location} is a repository already")
         if next(iter(store.list("")), None) is not None:
             raise UsageError(f"{location} is not empty; a new repository needs an empty place")
-        store.put(CONFIG_KEY, config.to_bytes())
+        sealer: Sealer = PlainSealer()
+        slot = None
+        master = None
+        if config.encryption != "none":
+            if not passphrase:
+                raise UnlockError("an encrypted repository needs a passphrase (CBTBACKUP_PASSWORD, --password-file, "
+                                  "--password-command, or a terminal)")
+            master = os.urandom(32)
+            sealer = AeadSealer(config.encryption, master)
+            config = dataclasses.replace(config, mac=sealer.config_mac(config.body_for_mac()))
+            slot = KeySlots(store, config.id).add(passphrase, master)
+        store.put(CONFIG_KEY, config.to_bytes())  # last: a repository exists once its config does
         store.sync()
-        return cls(store, config, location)
+        return cls(store, config, location, sealer=sealer, key_slot=slot, master=master)
 
     @classmethod
-    def open(cls, store: Store, location: str) -> Repository:
+    def open(cls, store: Store, location: str, passphrase: Passphrase = None) -> Repository:
+        """Open a repository; an encrypted one is unlocked with ``passphrase`` (a string, or a function
+        asked only then) and its config checked against the MAC made with its key."""
         try:
             raw = store.get(CONFIG_KEY)
         except NotFoundError:
             raise NotFoundError(f"{location} is not a cbtbackup repository (no config); create one with init") from None
-        return cls(store, RepositoryConfig.from_bytes(raw, location), location)
+        config = RepositoryConfig.from_bytes(raw, location)
+        keys = KeySlots(store, config.id)
+        if config.encryption == "none":
+            if next(iter(store.list("keys/")), None) is not None:
+                raise CorruptDataError(f"{location}: the config says unencrypted, but the repository has key slots: "
+                                       "its config was changed")
+            return cls(store, config, location)
+        given = passphrase() if callable(passphrase) else passphrase
+        if not given:
+            raise UnlockError(f"{location} is encrypted: give its passphrase (CBTBACKUP_PASSWORD, --password-file, "
+                              "--password-command, or a terminal)")
+        master, slot = keys.unlock(given)
+        sealer = AeadSealer(config.encryption, master)
+        if sealer.config_mac(config.body_for_mac()) != config.mac:
+            raise CorruptDataError(f"{location}: the config was changed (its MAC does not match the key)")
+        return cls(store, config, location, sealer=sealer, key_slot=slot, master=master)
+
+    def add_key(self, passphrase: str) -> str:
+        """A new key slot for ``passphrase`` (the repository must be encrypted and unlocked)."""
+        if self._master is None:
+            raise UsageError(f"{self.location} is not encrypted: it has no keys")
+        return self.keys.add(passphrase, self._master)
 
     def close(self) -> None:
         self.store.close()
@@ -96,7 +147,8 @@ class Repository:
         return self.store.stat(self.chunk_key(digest)) is not None
 
     def put_chunk_object(self, digest: bytes, obj: bytes) -> None:
-        self.store.put(self.chunk_key(digest), obj)
+        key = self.chunk_key(digest)
+        self.store.put(key, self.sealer.seal(key, obj))
 
     def quarantined_chunks(self) -> set[bytes]:
         """Digests of chunks found corrupt or missing: a backup must not trust that they exist."""
@@ -123,30 +175,36 @@ class Repository:
 
     def get_chunk(self, digest: bytes) -> bytes:
         """The verified plaintext of a chunk; ``CorruptChunkError`` or ``NotFoundError`` otherwise."""
+        key = self.chunk_key(digest)
         try:
-            raw = self.store.get(self.chunk_key(digest))
+            raw = self.store.get(key)
         except NotFoundError:
             raise MissingChunkError(digest, self.location) from None
-        return self.codec.decode(raw, digest)
+        try:
+            plain = self.sealer.open(key, raw)
+        except CorruptDataError:
+            raise CorruptChunkError(digest, "it fails authentication (changed, cut, or another chunk's object)") \
+                from None
+        return self.codec.decode(plain, digest)
 
     # -- manifests -----------------------------------------------------------------------------------------
 
     def save_manifest(self, manifest: Manifest, newest: bool = True) -> None:
         """Commit a backup: make its chunks durable, then put the manifest, then make that durable; a
         backup that is its chain's ``newest`` becomes the chain's head."""
-        raw = manifest.to_bytes()
+        raw = self.sealer.seal(manifest.ref.key, manifest.to_bytes())
         self.store.sync()
         self.store.put(manifest.ref.key, raw)
         self.store.sync()
         self._remember(manifest, raw)
         if newest:
-            self.store.put(HEADS_PREFIX + manifest.ref.name, json.dumps({"key": manifest.ref.key}).encode())
+            self._put_head(manifest.ref)
             with self._lock:
                 self._heads[manifest.ref.name] = manifest.ref
 
     def rewrite_manifest(self, manifest: Manifest) -> None:
         """Replace a manifest in place, atomically (``forget`` folding a removed parent into it)."""
-        raw = manifest.to_bytes()
+        raw = self.sealer.seal(manifest.ref.key, manifest.to_bytes())
         self.store.put(manifest.ref.key, raw)
         self.store.sync()
         self._remember(manifest, raw)
@@ -162,9 +220,13 @@ class Repository:
             self._cache.forget(ref.key)
         remaining = self.list_backups(ref.name)
         if remaining:
-            self.store.put(HEADS_PREFIX + ref.name, json.dumps({"key": remaining[-1].key}).encode())
+            self._put_head(remaining[-1])
         else:
             self.store.delete(HEADS_PREFIX + ref.name)
+
+    def _put_head(self, ref: BackupRef) -> None:
+        key = HEADS_PREFIX + ref.name
+        self.store.put(key, self.sealer.seal(key, json.dumps({"key": ref.key}).encode()))
 
     def _remember(self, manifest: Manifest, raw: bytes) -> None:
         # The version is unknown until the next listing (learning it would cost a request): a copy of
@@ -188,7 +250,7 @@ class Repository:
         manifest: Manifest | None = None
         if raw is not None and cache is not None:
             try:
-                manifest = Manifest.from_bytes(raw, ref.key)
+                manifest = Manifest.from_bytes(self.sealer.open(ref.key, raw), ref.key)
             except CorruptDataError:
                 cache.forget(ref.key)
         version = listed or ""
@@ -197,7 +259,7 @@ class Repository:
                 raw = self.store.get(ref.key)
             except NotFoundError:
                 raise CorruptDataError(f"backup {ref.id} ({ref.name}) is missing from {self.location}") from None
-            manifest = Manifest.from_bytes(raw, ref.key)
+            manifest = Manifest.from_bytes(self.sealer.open(ref.key, raw), ref.key)
             if cache is not None:
                 cache.put(ref.key, raw, version)
         with self._lock:
@@ -231,9 +293,9 @@ class Repository:
 
     def _find_latest(self, name: str) -> BackupRef | None:
         try:
-            head = json.loads(self.store.get(HEADS_PREFIX + name))
+            head = json.loads(self.sealer.open(HEADS_PREFIX + name, self.store.get(HEADS_PREFIX + name)))
             ref = BackupRef.from_key(str(head["key"]))
-        except (NotFoundError, ValueError, KeyError, TypeError):
+        except (NotFoundError, CorruptDataError, ValueError, KeyError, TypeError):
             ref = None
         if ref is not None and ref.name == name:
             try:

@@ -18,7 +18,7 @@ from cbtbackup.pipeline.chains import default_name
 from cbtbackup.repo.location import open_repository
 from tests.blksnap.conftest import MakeDevice, read_device
 from tests.blksnap.simulator import KernelSimulator
-from tests.conftest import RunCli
+from tests.conftest import PASSPHRASE, RunCli
 
 MiB = 1 << 20
 
@@ -138,7 +138,7 @@ def test_overflow_during_the_read_fails_cleanly(
     repo: Path, make_device: MakeDevice, simulator: KernelSimulator, tmp_path: Path
 ) -> None:
     dev = make_device()
-    repository = open_repository(str(repo))
+    repository = open_repository(str(repo), passphrase=PASSPHRASE)
     options = BackupOptions(dev, "full", provider="blksnap", diff_storage=str(tmp_path),
                             diff_storage_limit=MiB)
     with pytest.raises(SnapshotFailedError, match="raise --diff-storage-limit") as info:

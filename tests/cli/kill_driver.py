@@ -24,7 +24,7 @@ def main() -> None:
         if p == point:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    repo = open_repository(repo_path, StoreOptions(None))
+    repo = open_repository(repo_path, StoreOptions(None), os.environ.get("CBTBACKUP_PASSWORD"))
     print("started", flush=True)
     if op == "forget":
         run_forget(repo, ForgetOptions(ids=tuple(args)), hook=hook)

@@ -12,7 +12,7 @@ from pathlib import Path
 from cbtbackup.pipeline.backup import BackupOptions, run_backup
 from cbtbackup.repo.location import StoreOptions, open_repository
 from tests.cli.lifecycle_stories import forget_and_synthesize_story, write
-from tests.conftest import CliResult, MakeImage, RunCli
+from tests.conftest import PASSPHRASE, CliResult, MakeImage, RunCli
 
 MiB = 1 << 20
 
@@ -96,7 +96,7 @@ def test_two_incrementals_of_one_chain_exclude_each_other(
             meanwhile["same"] = cli("incr", "-r", repo_path, image, "--state-dir", tmp_path / "elsewhere")
             meanwhile["other"] = cli("incr", "-r", repo_path, other, "--provider", "scan", "--json")
 
-    repo = open_repository(str(repo_path), StoreOptions(None))
+    repo = open_repository(str(repo_path), StoreOptions(None), PASSPHRASE)
     first = run_backup(repo, BackupOptions(str(image), "incr"), hook=at)
     assert first.manifest.method == "cbt"
     meanwhile["same"].assert_one_line_error(4, "locked by incr backup of", f"pid {os.getpid()}")
@@ -109,9 +109,9 @@ def test_two_incrementals_of_one_chain_exclude_each_other(
 def hold_lock(repo: Path, command: str, exclusive: tuple[str, ...], shared: tuple[str, ...],
               seconds: float) -> subprocess.Popen[str]:
     """Another process that holds a lock for a while (or until killed)."""
-    child = subprocess.Popen([sys.executable, "-c", "import sys, time\n"
+    child = subprocess.Popen([sys.executable, "-c", "import os, sys, time\n"
                               "from cbtbackup.repo.location import open_repository, StoreOptions\n"
-                              "r = open_repository(sys.argv[1], StoreOptions(None))\n"
+                              "r = open_repository(sys.argv[1], StoreOptions(None), os.environ['CBTBACKUP_PASSWORD'])\n"
                               "lock = r.locks.acquire(sys.argv[2], exclusive=tuple(sys.argv[3].split()), "
                               "shared=tuple(sys.argv[4].split()))\n"
                               "print('held', flush=True); time.sleep(float(sys.argv[5])); lock.release()",
@@ -137,7 +137,7 @@ def test_stale_locks_are_taken_over_and_unlock_clears_them(
     cli: RunCli, make_image: MakeImage, tmp_path: Path
 ) -> None:
     repo = tmp_path / "repo"
-    cli("init", "-r", repo)
+    cli("init", "-r", repo, "--encryption", "none")  # the test writes lock objects of other hosts by hand
     image = make_image(MiB)
     cli("full", "-r", repo, image, "--provider", "scan")
     child = hold_lock(repo, "backup of x", ("chain:x",), ("repo",), 60)  # then killed with SIGKILL

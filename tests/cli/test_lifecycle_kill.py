@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from cbtbackup.engine import TrackedVolume
-from tests.conftest import RunCli
+from tests.conftest import PASSPHRASE, RunCli
 
 MiB = 1 << 20
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,6 +26,7 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, by
     """A repository with a chain of five backups, another chain, and 600 leftover chunks to prune."""
     from cbtbackup.cli import main
 
+    os.environ.setdefault("CBTBACKUP_PASSWORD", PASSPHRASE)  # module-wide: made before the per-test setting
     root = tmp_path_factory.mktemp("seed")
     repo, image = root / "repo", root / "disk.img"
     image.write_bytes(os.urandom(16 * MiB))

@@ -5,11 +5,14 @@ import os
 import pytest
 
 from cbtbackup.errors import UsageError
-from cbtbackup.repo.chunk_codec import HEADER_SIZE, RAW, ZSTD, ChunkCodec, CorruptChunkError, digest_of
+from cbtbackup.repo.chunk_codec import HEADER_SIZE, RAW, ZSTD, ChunkCodec, CorruptChunkError
+from cbtbackup.repo.sealing import PlainSealer
+
+digest_of = PlainSealer().chunk_id
 
 
 def test_compressible_data_is_zstd_and_round_trips() -> None:
-    codec = ChunkCodec("zstd:3")
+    codec = ChunkCodec("zstd:3", digest_of)
     data = b"text-like data " * 5000
     obj = codec.encode(data, digest_of(data))
     assert obj[5] == ZSTD and len(obj) < len(data) // 10
@@ -17,7 +20,7 @@ def test_compressible_data_is_zstd_and_round_trips() -> None:
 
 
 def test_incompressible_data_is_stored_raw() -> None:
-    codec = ChunkCodec("zstd:3")
+    codec = ChunkCodec("zstd:3", digest_of)
     data = os.urandom(1 << 20)
     obj = codec.encode(data, digest_of(data))
     assert obj[5] == RAW and len(obj) == HEADER_SIZE + len(data)
@@ -25,14 +28,14 @@ def test_incompressible_data_is_stored_raw() -> None:
 
 
 def test_no_compression() -> None:
-    codec = ChunkCodec("none")
+    codec = ChunkCodec("none", digest_of)
     data = bytes(1000)
     assert codec.encode(data, digest_of(data))[5] == RAW
 
 
 @pytest.mark.parametrize("where", [0, 5, 20, HEADER_SIZE + 10, -1])
 def test_any_flipped_byte_is_caught(where: int) -> None:
-    codec = ChunkCodec("zstd:3")
+    codec = ChunkCodec("zstd:3", digest_of)
     data = b"abc" * 10000
     obj = bytearray(codec.encode(data, digest_of(data)))
     obj[where] ^= 0x40
@@ -42,7 +45,7 @@ def test_any_flipped_byte_is_caught(where: int) -> None:
 
 
 def test_object_under_the_wrong_name() -> None:
-    codec = ChunkCodec("zstd:3")
+    codec = ChunkCodec("zstd:3", digest_of)
     a, b = b"a" * 100, b"b" * 100
     with pytest.raises(CorruptChunkError, match="another chunk"):
         codec.decode(codec.encode(a, digest_of(a)), digest_of(b))
@@ -51,4 +54,4 @@ def test_object_under_the_wrong_name() -> None:
 @pytest.mark.parametrize("bad", ["gzip", "zstd:0", "zstd:23", "zstd:x", "none:1"])
 def test_bad_compression_specs(bad: str) -> None:
     with pytest.raises(UsageError):
-        ChunkCodec(bad)
+        ChunkCodec(bad, digest_of)

@@ -8,11 +8,11 @@ import click
 
 from cbtbackup.cli.app import emit, json_option, repo_option
 from cbtbackup.cli.progress_bar import make_progress
+from cbtbackup.cli.repository_access import open_repo
 from cbtbackup.engine.providers import PROVIDERS
 from cbtbackup.model.durations import parse_wait
 from cbtbackup.model.sizes import format_size, parse_size
 from cbtbackup.pipeline.backup import BackupOptions, run_backup, run_device_group_backup
-from cbtbackup.repo.location import StoreOptions, open_repository
 
 
 def _backup(repo: str, endpoint_url: str | None, sources: tuple[str, ...], kind: Literal["full", "incr"],
@@ -24,7 +24,7 @@ def _backup(repo: str, endpoint_url: str | None, sources: tuple[str, ...], kind:
                             diff_storage_limit=parse_size(diff_storage_limit) if diff_storage_limit else None,
                             rename_source=rename_source, wait_lock=parse_wait(wait_lock) if wait_lock else 0.0,
                             synthetic_full_every=synthetic_every)
-    repository = open_repository(repo, StoreOptions(endpoint_url))
+    repository = open_repo(repo, endpoint_url)
     if len(sources) == 1:
         results = [run_backup(repository, options, make_progress())]
     else:

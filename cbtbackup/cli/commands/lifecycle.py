@@ -8,6 +8,7 @@ import click
 
 from cbtbackup.cli.app import emit, json_option, repo_option
 from cbtbackup.cli.progress_bar import make_progress
+from cbtbackup.cli.repository_access import open_repo
 from cbtbackup.model.durations import parse_age, parse_wait
 from cbtbackup.model.retention import RetentionPolicy
 from cbtbackup.model.sizes import format_size
@@ -15,7 +16,6 @@ from cbtbackup.pipeline.forget import ForgetOptions, run_forget
 from cbtbackup.pipeline.prune import PruneOptions, PruneResult, run_prune
 from cbtbackup.pipeline.stats import run_stats
 from cbtbackup.pipeline.synthesize import run_synthesize
-from cbtbackup.repo.location import StoreOptions, open_repository
 
 WAIT_HELP = "Wait up to this long for other writers' locks (30s, 5m, 1h) instead of failing at once."
 
@@ -65,7 +65,7 @@ def forget(repo: str, endpoint_url: str | None, ids: tuple[str, ...], name: str 
     if any(rules):
         policy = RetentionPolicy(keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly,
                                  parse_age(keep_within) if keep_within else 0.0)
-    repository = open_repository(repo, StoreOptions(endpoint_url))
+    repository = open_repo(repo, endpoint_url)
     progress = make_progress()
     result = run_forget(repository, ForgetOptions(ids, name, policy, dry_run, _wait(wait_lock)), progress)
     lines = [f"keep   {r.id}  {r.name}  ({', '.join(why)})" for r, why in result.kept]
@@ -85,7 +85,7 @@ def forget(repo: str, endpoint_url: str | None, ids: tuple[str, ...], name: str 
 @json_option
 def prune(repo: str, endpoint_url: str | None, dry_run: bool, wait_lock: str | None, as_json: bool) -> None:
     """Delete chunks no backup needs, and what killed runs left behind."""
-    result = run_prune(open_repository(repo, StoreOptions(endpoint_url)), PruneOptions(dry_run, _wait(wait_lock)),
+    result = run_prune(open_repo(repo, endpoint_url), PruneOptions(dry_run, _wait(wait_lock)),
                        make_progress())
     emit(as_json, result.to_json(), _prune_lines(result))
 
@@ -97,7 +97,7 @@ def prune(repo: str, endpoint_url: str | None, dry_run: bool, wait_lock: str | N
 @json_option
 def synthesize(repo: str, endpoint_url: str | None, backup: str, wait_lock: str | None, as_json: bool) -> None:
     """Write a synthetic full of BACKUP: the same image, no parent, no data moved."""
-    m = run_synthesize(open_repository(repo, StoreOptions(endpoint_url)), backup, _wait(wait_lock))
+    m = run_synthesize(open_repo(repo, endpoint_url), backup, _wait(wait_lock))
     emit(as_json, {"id": m.ref.id, "name": m.ref.name, "synthesized_from": m.synthesized_from,
                    "extent_count": len(m.extents)},
          [f"synthetic full {m.ref.id} ({m.ref.name}) of {m.synthesized_from}: {len(m.extents)} extents"])
@@ -109,7 +109,7 @@ def synthesize(repo: str, endpoint_url: str | None, backup: str, wait_lock: str 
 @json_option
 def stats(repo: str, endpoint_url: str | None, name: str | None, as_json: bool) -> None:
     """Backups, logical and stored size and deduplication ratio, per chain and in total."""
-    result = run_stats(open_repository(repo, StoreOptions(endpoint_url)), name)
+    result = run_stats(open_repo(repo, endpoint_url), name)
     width = max([len("CHAIN"), *(len(c.name) for c in result.chains)])
     lines = [f"{'CHAIN':{width}}  {'BACKUPS':>7}  {'LOGICAL':>10}  {'STORED':>10}  {'DEDUP':>6}"]
     for c in [*result.chains, result.total]:
@@ -124,7 +124,7 @@ def stats(repo: str, endpoint_url: str | None, name: str | None, as_json: bool) 
 @json_option
 def unlock(repo: str, endpoint_url: str | None, remove_all: bool, as_json: bool) -> None:
     """Remove stale locks: of processes gone from this host, or not refreshed in time."""
-    removed = open_repository(repo, StoreOptions(endpoint_url)).locks.remove(everything=remove_all)
+    removed = open_repo(repo, endpoint_url).locks.remove(everything=remove_all)
     now = time.time()
     emit(as_json, {"removed": [{"id": i.id, "holder": i.describe(), "why": why} for i, why in removed]},
          [f"removed lock of {i.describe()}: {why} (age {int(now - i.created)} s)" for i, why in removed]

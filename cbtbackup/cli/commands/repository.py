@@ -8,29 +8,38 @@ from typing import Any
 import click
 
 from cbtbackup.cli.app import emit, json_option, repo_option, warn
+from cbtbackup.cli.passphrase import read_passphrase
 from cbtbackup.cli.progress_bar import make_progress
+from cbtbackup.cli.repository_access import open_repo
 from cbtbackup.errors import CorruptDataError
 from cbtbackup.model.sizes import format_size, parse_size
 from cbtbackup.pipeline.integrity import DamagedBackupError, run_verify
 from cbtbackup.pipeline.stats import bytes_alone
 from cbtbackup.repo.config import RepositoryConfig
-from cbtbackup.repo.location import StoreOptions, open_repository, open_store
+from cbtbackup.repo.location import StoreOptions, open_store
 from cbtbackup.repo.manifest import BackupRef
 from cbtbackup.repo.repository import Repository
+from cbtbackup.repo.sealing import MODES
 
 
 @click.command()
 @repo_option
 @click.option("--chunk-size", default="1MiB", show_default=True, help="A power of two from 64KiB to 16MiB.")
 @click.option("--compression", default="zstd:3", show_default=True, help="none, zstd or zstd:LEVEL (1-22).")
+@click.option("--encryption", type=click.Choice(MODES), default="aes-256-gcm", show_default=True,
+              help="The cipher every object is sealed with; 'none' stores plaintext.")
 @json_option
-def init(repo: str, endpoint_url: str | None, chunk_size: str, compression: str, as_json: bool) -> None:
-    """Create a new, empty repository."""
-    config = RepositoryConfig(chunk_size=parse_size(chunk_size), compression=compression)
-    created = Repository.init(open_store(repo, StoreOptions(endpoint_url), create=True), repo, config)
+def init(repo: str, endpoint_url: str | None, chunk_size: str, compression: str, encryption: str,
+         as_json: bool) -> None:
+    """Create a new, empty repository (encrypted unless --encryption none)."""
+    config = RepositoryConfig(chunk_size=parse_size(chunk_size), compression=compression, encryption=encryption)
+    passphrase = read_passphrase(repo, confirm=True) if encryption != "none" else None
+    created = Repository.init(open_store(repo, StoreOptions(endpoint_url), create=True), repo, config, passphrase)
     emit(as_json, {"repository": repo, "id": created.config.id, "chunk_size": config.chunk_size,
-                   "compression": config.compression, "version": config.version},
-         [f"created repository {repo} (chunk size {format_size(config.chunk_size)}, {config.compression})"])
+                   "compression": config.compression, "encryption": encryption, "version": config.version,
+                   "key": created.key_slot},
+         [f"created repository {repo} (chunk size {format_size(config.chunk_size)}, {config.compression}, "
+          f"encryption {encryption})"])
 
 
 @click.command(name="list")
@@ -40,7 +49,7 @@ def init(repo: str, endpoint_url: str | None, chunk_size: str, compression: str,
 def list_backups(repo: str, endpoint_url: str | None, name: str | None, as_json: bool) -> None:
     """List backups: id, chain, kind, parent, time, size, bytes stored when it was made, bytes only it
     still uses (what forgetting it and pruning would free), host and source."""
-    repository = open_repository(repo, StoreOptions(endpoint_url))
+    repository = open_repo(repo, endpoint_url)
     rows: list[dict[str, Any]] = []
     unreadable: list[dict[str, str]] = []
     for ref in repository.list_backups(name):
@@ -81,7 +90,7 @@ def list_backups(repo: str, endpoint_url: str | None, name: str | None, as_json:
 @json_option
 def verify(repo: str, endpoint_url: str | None, backup: str | None, repair: bool, as_json: bool) -> None:
     """Check every chunk a backup (default: every backup) needs; quarantine the bad ones."""
-    result = run_verify(open_repository(repo, StoreOptions(endpoint_url)), backup, make_progress(), repair=repair)
+    result = run_verify(open_repo(repo, endpoint_url), backup, make_progress(), repair=repair)
     lines = [f"quarantined {key}: {why}" for key, why in result.quarantined.items()]
     lines += [f"unreadable manifest {key}: {why}" for key, why in result.unreadable.items()]
     lines += [f"healed {key}" for key in result.healed]

@@ -6,9 +6,9 @@ import click
 
 from cbtbackup.cli.app import emit, json_option, repo_option
 from cbtbackup.cli.progress_bar import make_progress
+from cbtbackup.cli.repository_access import open_repo
 from cbtbackup.model.sizes import format_size
 from cbtbackup.pipeline.restore import RestoreOptions, run_restore
-from cbtbackup.repo.location import StoreOptions, open_repository
 
 
 @click.command()
@@ -19,7 +19,7 @@ from cbtbackup.repo.location import StoreOptions, open_repository
 @json_option
 def restore(repo: str, endpoint_url: str | None, backup: str, target: str, force: bool, as_json: bool) -> None:
     """Restore BACKUP (an id, a unique id prefix, latest or NAME@latest) to TARGET."""
-    repository = open_repository(repo, StoreOptions(endpoint_url))
+    repository = open_repo(repo, endpoint_url)
     result = run_restore(repository, RestoreOptions(backup, target, force), make_progress())
     emit(as_json, result.to_json(), [
         f"restored {result.manifest.ref.id} ({result.manifest.ref.name}) to {target}: "

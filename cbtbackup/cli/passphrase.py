@@ -1,0 +1,89 @@
+"""Where a repository's passphrase comes from — never from a command-line argument, never printed.
+
+In this order: ``--password-file FILE`` (its first line), ``--password-command CMD`` (the first line it
+prints), ``$CBTBACKUP_PASSWORD``, and a prompt when standard input is a terminal. A new passphrase (for
+``init``, ``key add``, ``key passwd``) comes from ``--new-password-file``, ``$CBTBACKUP_NEW_PASSWORD`` or a
+prompt asked twice; ``init`` takes it from the ordinary sources.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import dataclasses
+import getpass
+import os
+import shlex
+import subprocess
+import sys
+from collections.abc import Callable
+
+from cbtbackup.errors import UsageError, os_error
+from cbtbackup.repo.keys import UnlockError
+
+
+@dataclasses.dataclass(frozen=True)
+class PasswordOptions:
+    file: str | None = None
+    command: str | None = None
+
+
+# Set by the options of the command that runs (see cli/app.py's repo_option); read when a repository asks.
+CURRENT: contextvars.ContextVar[PasswordOptions | None] = contextvars.ContextVar("passwords", default=None)
+
+
+def _first_line(text: str) -> str:
+    return text.splitlines()[0] if text else ""
+
+
+def _from_file(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return _first_line(f.read())
+    except OSError as e:
+        raise os_error(e, f"cannot read the password file {path}") from None
+
+
+def _from_command(command: str) -> str:
+    try:
+        done = subprocess.run(shlex.split(command), capture_output=True, text=True, timeout=120)
+    except (OSError, ValueError, subprocess.TimeoutExpired) as e:
+        raise UnlockError(f"--password-command could not run: {e}") from None
+    if done.returncode != 0:
+        raise UnlockError(f"--password-command exited with {done.returncode}")
+    return _first_line(done.stdout)
+
+
+def _prompt(text: str, confirm: bool) -> str:
+    first = getpass.getpass(text)
+    if confirm and getpass.getpass("Again: ") != first:
+        raise UsageError("the passphrases do not match")
+    return first
+
+
+def read_passphrase(location: str, confirm: bool = False) -> str | None:
+    """The passphrase for ``location`` from the sources above, or None if there is none."""
+    options = CURRENT.get() or PasswordOptions()
+    if options.file:
+        return _from_file(options.file)
+    if options.command:
+        return _from_command(options.command)
+    if (env := os.environ.get("CBTBACKUP_PASSWORD")) is not None:
+        return env
+    if sys.stdin.isatty():
+        return _prompt(f"Passphrase for {location}: ", confirm)
+    return None
+
+
+def passphrase_for(location: str) -> Callable[[], str | None]:
+    """Asked only if the repository turns out to be encrypted."""
+    return lambda: read_passphrase(location)
+
+
+def read_new_passphrase(new_file: str | None) -> str:
+    if new_file:
+        return _from_file(new_file)
+    if (env := os.environ.get("CBTBACKUP_NEW_PASSWORD")) is not None:
+        return env
+    if sys.stdin.isatty():
+        return _prompt("New passphrase: ", confirm=True)
+    raise UsageError("no new passphrase: give --new-password-file, set CBTBACKUP_NEW_PASSWORD, or use a terminal")
