@@ -66,10 +66,11 @@ class VerifyResult:
     unreadable: dict[str, str] = dataclasses.field(default_factory=dict)  # manifest key -> why
     damaged: list[BackupRef] = dataclasses.field(default_factory=list)  # backups still missing bytes
     healed: list[str] = dataclasses.field(default_factory=list)  # quarantine entries cleared
+    damaged_keys: list[str] = dataclasses.field(default_factory=list)  # key slots edited or damaged
 
     @property
     def ok(self) -> bool:
-        return not (self.quarantined or self.unreadable or self.damaged)
+        return not (self.quarantined or self.unreadable or self.damaged or self.damaged_keys)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -80,6 +81,7 @@ class VerifyResult:
             "unreadable_manifests": self.unreadable,
             "damaged_backups": [r.id for r in self.damaged],
             "healed": self.healed,
+            "damaged_keys": self.damaged_keys,
             "ok": self.ok,
         }
 
@@ -90,6 +92,8 @@ class VerifyResult:
             parts.append("quarantined " + "; ".join(f"{k} ({why})" for k, why in self.quarantined.items()))
         if self.unreadable:
             parts.append("unreadable manifests " + "; ".join(f"{k} ({why})" for k, why in self.unreadable.items()))
+        if self.damaged_keys:
+            parts.append("key slots damaged or edited: " + ", ".join(self.damaged_keys))
         parts.append(f"backups still damaged: {_names(self.damaged)}")
         return "; ".join(parts)
 
@@ -108,6 +112,8 @@ def run_verify(
         raise CbtError("--repair checks the whole repository; name no backup with it")
     refs = [repo.find(backup)] if backup else repo.list_backups()
     result = VerifyResult(refs, 0, 0)
+    if repo.sealer.encrypted:
+        result.damaged_keys = repo.keys.damaged()
     uses: dict[bytes, list[BackupRef]] = {}
     for ref in refs:
         try:
