@@ -79,7 +79,12 @@ def test_unlocking(tmp_path: Path) -> None:
     with pytest.raises(UnlockError, match="encrypted: give its passphrase"):
         Repository.open(store, "r", lambda: None)
     asked = []
-    Repository.open(store, "r", lambda: asked.append(1) or PASSPHRASE)
+
+    def ask() -> str:
+        asked.append(1)
+        return PASSPHRASE
+
+    Repository.open(store, "r", ask)
     assert asked == [1]
     plain = tmp_path / "plain"
     plain.mkdir()
