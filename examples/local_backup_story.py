@@ -24,7 +24,12 @@ from cbtbackup.engine import TrackedVolume
 MiB = 1 << 20
 
 
+PASSWORD_FILE: list[str] = []  # the repository is encrypted: its passphrase is read from this file
+
+
 def cbtbackup(*args: str) -> dict[str, object]:
+    if "-r" in args:
+        args = (*args, "--password-file", *PASSWORD_FILE)
     cmd = [sys.executable, "-m", "cbtbackup", *args, "--json"]
     print("$ cbtbackup " + " ".join(shlex.quote(a) for a in args))
     done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
@@ -76,6 +81,10 @@ def main() -> None:
         work.mkdir(parents=True, exist_ok=True)
         image, repo = work / "disk.img", work / "repo"
         make_image(image, 256 * MiB, rng)
+        secret = work / "passphrase"
+        secret.write_text("an example passphrase, kept in a file only root can read\n")
+        secret.chmod(0o600)
+        PASSWORD_FILE.append(str(secret))
         cbtbackup("init", "-r", str(repo))
         cbtbackup("track", str(image))
         scribble(image, rng)

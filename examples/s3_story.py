@@ -27,8 +27,13 @@ from cbtbackup.engine import TrackedVolume
 MiB = 1 << 20
 
 
+PASSWORD_FILE: list[str] = []  # the repository is encrypted: its passphrase is read from this file
+
+
 def cbtbackup(*args: str) -> dict[str, object]:
     print("$ cbtbackup " + " ".join(args))
+    if "-r" in args:
+        args = (*args, "--password-file", *PASSWORD_FILE)
     done = subprocess.run([sys.executable, "-m", "cbtbackup", *args, "--json"], stdout=subprocess.PIPE, text=True)
     if done.returncode != 0:
         sys.exit(f"cbtbackup {args[0]} failed with exit code {done.returncode}")
@@ -59,6 +64,10 @@ def main() -> None:
             os.environ["CBTBACKUP_CACHE_DIR"] = str(Path(tmp) / "cache")
             image = Path(tmp) / "disk.img"
             image.write_bytes(rng.randbytes(32 * MiB))
+            secret = Path(tmp) / "passphrase"
+            secret.write_text("an example passphrase, kept in a file only root can read\n")
+            secret.chmod(0o600)
+            PASSWORD_FILE.append(str(secret))
             cbtbackup("init", "-r", repo)
             cbtbackup("track", str(image))
             points = [(str(cbtbackup("full", "-r", repo, str(image))["id"]), image.read_bytes())]
