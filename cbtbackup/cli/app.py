@@ -40,6 +40,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "incr": ("cbtbackup.cli.commands.backup", "incr", "Back up what changed since the previous backup."),
     "list": ("cbtbackup.cli.commands.repository", "list_backups", "List the backups in a repository."),
     "restore": ("cbtbackup.cli.commands.restore", "restore", "Restore a backup to a file or block device."),
+    "diff": ("cbtbackup.cli.commands.restore", "diff", "The byte ranges where two backups differ."),
+    "mount": ("cbtbackup.cli.commands.access", "mount", "Mount backups read-only as image files (FUSE)."),
+    "serve": ("cbtbackup.cli.commands.access", "serve", "Serve a backup read-only over NBD."),
     "verify": ("cbtbackup.cli.commands.repository", "verify", "Check every chunk backups need."),
     "key": ("cbtbackup.cli.commands.keys", "key", "Key slots of an encrypted repository: list, add, remove, passwd."),
     "forget": ("cbtbackup.cli.commands.lifecycle", "forget", "Remove backups by id or by retention rules."),
@@ -108,13 +111,14 @@ def json_option(f: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")(f)
 
 
-def emit(as_json: bool, payload: dict[str, Any], lines: list[str]) -> None:
-    """Print the result: human lines, or the JSON object as the last line of stdout."""
+def emit(as_json: bool, payload: dict[str, Any], lines: list[str], err: bool = False) -> None:
+    """Print the result: human lines, or the JSON object as the last line of stdout (of stderr with
+    ``err``, when stdout carries data)."""
     if as_json:
-        click.echo(json.dumps(payload, sort_keys=True))
+        click.echo(json.dumps(payload, sort_keys=True), err=err)
     else:
         for line in lines:
-            click.echo(line)
+            click.echo(line, err=err)
 
 
 def warn(message: str) -> None:

@@ -31,3 +31,20 @@ def parse_wait(text: str) -> float:
 def parse_age(text: str) -> float:
     """An age in seconds for retention: ``36h``, ``30d``, ``2w``, ``6m`` (months), ``1y``, ``1y6m``."""
     return _parse(text, _AGE_UNITS, "an age", "36h, 30d, 2w, 6m, 1y")
+
+
+def parse_when(text: str) -> float:
+    """A point in time: ``2026-11-20 13:00`` (local time), ``2026-11-20T13:00:05``, a trailing ``Z`` for
+    UTC, or a date alone (its midnight); seconds since the epoch."""
+    import datetime
+
+    value = text.strip()
+    utc = value.endswith(("Z", "z"))
+    value = value.rstrip("Zz").replace("T", " ")
+    for fmt in ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d"):
+        try:
+            when = datetime.datetime.strptime(value, fmt)
+        except ValueError:
+            continue
+        return (when.replace(tzinfo=datetime.UTC) if utc else when.astimezone()).timestamp()
+    raise UsageError(f"{text!r} is not a time (examples: 2026-11-20 13:00, 2026-11-20T13:00:00Z, 2026-11-20)")

@@ -24,6 +24,8 @@ from cbtbackup.errors import CbtError, NotADirError, NotFoundError, UsageError, 
 from cbtbackup.model.extent_map import ZERO_DIGEST, ExtentMap
 from cbtbackup.pipeline.integrity import explain_corruption
 from cbtbackup.pipeline.progress import NullProgress, Progress
+from cbtbackup.pipeline.restore_onto import restore_onto
+from cbtbackup.pipeline.restore_stream import stream_image
 from cbtbackup.pipeline.workers import BoundedSubmitter, PipelineConfig
 from cbtbackup.repo.chunk_codec import CorruptChunkError
 from cbtbackup.repo.manifest import Manifest
@@ -32,11 +34,16 @@ from cbtbackup.repo.repository import Repository
 ZERO_WRITE = 1 << 20
 
 
+STDOUT = "-"
+
+
 @dataclasses.dataclass(frozen=True)
 class RestoreOptions:
     backup: str
-    target: str
+    target: str  # a path, or "-" for standard output
     force: bool = False
+    onto_existing: bool = False  # write only what differs into an existing copy
+    at: float | None = None  # with a chain as ``backup``: its newest backup at or before this time
 
 
 @dataclasses.dataclass
@@ -46,6 +53,7 @@ class RestoreResult:
     bytes_written: int
     chunks_fetched: int
     duration_s: float
+    bytes_read: int = 0  # from the target, by --onto-existing
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -54,6 +62,7 @@ class RestoreResult:
             "target": self.target,
             "device_size": self.manifest.device_size,
             "bytes_written": self.bytes_written,
+            "bytes_read_from_target": self.bytes_read,
             "chunks_fetched": self.chunks_fetched,
             "duration_s": self.duration_s,
             "throughput_mib_s": round(self.manifest.device_size / (1 << 20) / self.duration_s, 1)
@@ -67,13 +76,31 @@ def run_restore(
     progress = progress or NullProgress()
     config = config or PipelineConfig()
     started = time.monotonic()
-    ref = repo.find(options.backup)
+    ref = repo.find_at(options.backup, options.at) if options.at is not None else repo.find(options.backup)
     manifest, resolved = repo.resolve(ref)
+    read = 0
+    if options.target == STDOUT:
+        if options.onto_existing or options.force:
+            raise UsageError("--force and --onto-existing write into a file or device, not to standard output")
+        if os.isatty(1):
+            raise UsageError("refusing to write a disk image to a terminal; pipe it or name a target file")
+        try:
+            progress.start(manifest.device_size, f"restore {ref.id}")
+            written, fetched = stream_image(repo, resolved, 1, progress, config)
+            progress.finish()
+        except CorruptChunkError as e:
+            raise explain_corruption(repo, e) from None
+        return RestoreResult(manifest, STDOUT, written, fetched, round(time.monotonic() - started, 3))
     target = Path(options.target)
-    out = _Target.open(target, manifest.device_size, options.force)
+    if options.onto_existing and not _exists(target):
+        raise NotFoundError(f"{target}: no such file or device to restore onto")
+    out = _Target.open(target, manifest.device_size, options.force or options.onto_existing)
     try:
         progress.start(manifest.device_size, f"restore {ref.id}")
-        written, fetched = _write_all(repo, resolved, out, progress, config)
+        if options.onto_existing:
+            read, written, fetched = restore_onto(repo, resolved, out.fd, progress)
+        else:
+            written, fetched = _write_all(repo, resolved, out, progress, config)
         progress.finish()
         out.commit()
     except CorruptChunkError as e:
@@ -82,7 +109,7 @@ def run_restore(
     except BaseException:
         out.abandon()
         raise
-    return RestoreResult(manifest, str(target), written, fetched, round(time.monotonic() - started, 3))
+    return RestoreResult(manifest, str(target), written, fetched, round(time.monotonic() - started, 3), read)
 
 
 class _Target:

@@ -55,6 +55,12 @@ class BackupRef:
     def key(self) -> str:
         return f"{BACKUPS_PREFIX}{self.name}/{self.stamp}_{self.id}"
 
+    @property
+    def time(self) -> float:
+        """When the backup was taken (its stamp), in seconds since the epoch."""
+        when = datetime.datetime.strptime(self.stamp, "%Y%m%dT%H%M%S%fZ").replace(tzinfo=datetime.UTC)
+        return when.timestamp()
+
     def just_after(self) -> BackupRef:
         """A new backup of the same chain that sorts right after this one (a microsecond later)."""
         when = datetime.datetime.strptime(self.stamp, "%Y%m%dT%H%M%S%fZ") + datetime.timedelta(microseconds=1)

@@ -312,29 +312,54 @@ class Repository:
         return None
 
     def find(self, spec: str) -> BackupRef:
-        """A backup by id, unique id prefix, ``latest`` (one name only) or ``NAME@latest``."""
+        """A backup by id, unique id prefix, ``latest`` (one chain only), ``NAME@latest`` or
+        ``NAME@latest~N`` (the Nth before the newest)."""
         refs = self.list_backups()
-        if spec.endswith("@latest"):
-            name = spec[: -len("@latest")]
-            named = [r for r in refs if r.name == name]
-            if not named:
-                raise NotFoundError(f"no backups named {name!r} in {self.location}")
-            return named[-1]
+        if "@latest" in spec:
+            name, _, back = spec.partition("@latest")
+            if back and not (back.startswith("~") and back[1:].isdigit()):
+                raise UsageError(f"{spec!r}: say NAME@latest or NAME@latest~N")
+            named = self._chain_refs(refs, name)
+            n = int(back[1:]) if back else 0
+            if n >= len(named):
+                raise NotFoundError(f"chain {name!r} has {len(named)} backup(s); there is no latest~{n}")
+            return named[-1 - n]
         if spec == "latest":
-            names = sorted({r.name for r in refs})
-            if not names:
-                raise NotFoundError(f"{self.location} holds no backups")
-            if len(names) > 1:
-                raise AmbiguousBackupError(
-                    f"'latest' is ambiguous: the repository holds {', '.join(names)}; say NAME@latest"
-                )
-            return refs[-1]
+            return self._only_chain(refs)[-1]
         matches = [r for r in refs if r.id.startswith(spec)]
         if not spec or not matches:
             raise NotFoundError(f"no backup {spec!r} in {self.location}")
         if len(matches) > 1:
             raise AmbiguousBackupError(f"backup id prefix {spec!r} matches {len(matches)} backups; give more of it")
         return matches[0]
+
+    def find_at(self, chain: str, when: float) -> BackupRef:
+        """The newest backup of ``chain`` (a name, ``NAME@latest``, or ``latest`` for the only chain) taken
+        at ``when`` or before (seconds since the epoch)."""
+        refs = self.list_backups()
+        name = chain[: -len("@latest")] if chain.endswith("@latest") else chain
+        named = self._only_chain(refs) if name == "latest" else self._chain_refs(refs, name)
+        before = [r for r in named if r.time <= when]
+        if not before:
+            raise NotFoundError(f"chain {named[0].name!r} has no backup at or before that time (its first is "
+                                f"{named[0].stamp})")
+        return before[-1]
+
+    def _chain_refs(self, refs: list[BackupRef], name: str) -> list[BackupRef]:
+        named = [r for r in refs if r.name == name]
+        if not named:
+            raise NotFoundError(f"no backups named {name!r} in {self.location}")
+        return named
+
+    def _only_chain(self, refs: list[BackupRef]) -> list[BackupRef]:
+        names = sorted({r.name for r in refs})
+        if not names:
+            raise NotFoundError(f"{self.location} holds no backups")
+        if len(names) > 1:
+            raise AmbiguousBackupError(
+                f"'latest' is ambiguous: the repository holds {', '.join(names)}; say NAME@latest"
+            )
+        return refs
 
     def chain(self, ref: BackupRef, fresh: bool = False) -> list[Manifest]:
         """The manifests from ``ref`` back to its full backup, newest first."""

@@ -1,4 +1,4 @@
-"""``restore``."""
+"""``restore`` and ``diff``."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import click
 from cbtbackup.cli.app import emit, json_option, repo_option
 from cbtbackup.cli.progress_bar import make_progress
 from cbtbackup.cli.repository_access import open_repo
+from cbtbackup.model.durations import parse_when
 from cbtbackup.model.sizes import format_size
-from cbtbackup.pipeline.restore import RestoreOptions, run_restore
+from cbtbackup.pipeline.diff import run_diff
+from cbtbackup.pipeline.restore import STDOUT, RestoreOptions, run_restore
 
 
 @click.command()
@@ -16,12 +18,36 @@ from cbtbackup.pipeline.restore import RestoreOptions, run_restore
 @click.argument("backup")
 @click.argument("target")
 @click.option("--force", is_flag=True, help="Overwrite an existing file or block device (at least as large).")
+@click.option("--onto-existing", is_flag=True,
+              help="TARGET is a stale copy of the same device: write only the blocks that differ.")
+@click.option("--at", "at", metavar="TIME",
+              help="BACKUP names a chain (NAME, or latest): take its newest backup at or before TIME "
+                   "('2026-11-20 13:00', local time; a trailing Z for UTC).")
 @json_option
-def restore(repo: str, endpoint_url: str | None, backup: str, target: str, force: bool, as_json: bool) -> None:
-    """Restore BACKUP (an id, a unique id prefix, latest or NAME@latest) to TARGET."""
+def restore(repo: str, endpoint_url: str | None, backup: str, target: str, force: bool, onto_existing: bool,
+            at: str | None, as_json: bool) -> None:
+    """Restore BACKUP (an id, a unique id prefix, latest, NAME@latest or NAME@latest~N) to TARGET, a file
+    or block device, or - for standard output."""
     repository = open_repo(repo, endpoint_url)
-    result = run_restore(repository, RestoreOptions(backup, target, force), make_progress())
-    emit(as_json, result.to_json(), [
-        f"restored {result.manifest.ref.id} ({result.manifest.ref.name}) to {target}: "
-        f"{format_size(result.manifest.device_size)}, {result.chunks_fetched} chunks in {result.duration_s:.2f} s"
-    ])
+    options = RestoreOptions(backup, target, force, onto_existing, parse_when(at) if at else None)
+    result = run_restore(repository, options, make_progress())
+    m = result.manifest
+    line = (f"restored {m.ref.id} ({m.ref.name}) to {'standard output' if target == STDOUT else target}: "
+            f"{format_size(m.device_size)}, {result.chunks_fetched} chunks in {result.duration_s:.2f} s")
+    if onto_existing:
+        line += (f"; read {format_size(result.bytes_read)} of the target, wrote {format_size(result.bytes_written)}")
+    emit(as_json, result.to_json(), [line], err=target == STDOUT)  # the image owns standard output
+
+
+@click.command()
+@repo_option
+@click.argument("a")
+@click.argument("b")
+@json_option
+def diff(repo: str, endpoint_url: str | None, a: str, b: str, as_json: bool) -> None:
+    """The byte ranges where backups A and B differ (from their manifests; no chunk is read)."""
+    result = run_diff(open_repo(repo, endpoint_url), a, b)
+    lines = [f"{offset:>14}  {length:>12}  ({format_size(length)})" for offset, length in result.ranges]
+    lines.append(f"{len(result.ranges)} range(s), {format_size(result.bytes_differing)} differ between "
+                 f"{result.a.id} and {result.b.id}")
+    emit(as_json, result.to_json(), lines)

@@ -1,0 +1,84 @@
+"""Random access to a backup's image: the one reader behind ``restore -``, ``mount`` and ``serve``.
+
+The backup's chain is resolved once into its map; a read finds the pieces it touches by binary search and
+takes each chunk from a cache bounded in bytes, or fetches, verifies and decompresses it (the same checks
+``restore`` makes). A chunk that fails them raises :class:`CorruptChunkError`: callers turn it into EIO,
+never into bytes. Memory is the cache's bound plus the chunks being read, whatever the device size.
+"""
+
+from __future__ import annotations
+
+import bisect
+import collections
+import threading
+from array import array
+from collections.abc import Iterator
+
+from cbtbackup.model.extent_map import ExtentMap, Piece
+from cbtbackup.repo.manifest import BackupRef, Manifest
+from cbtbackup.repo.repository import Repository
+
+DEFAULT_CACHE = 64 << 20
+
+
+class BackupReader:
+    """Reads of one backup's image by offset; safe to share between threads."""
+
+    def __init__(self, repo: Repository, ref: BackupRef, cache_bytes: int = DEFAULT_CACHE) -> None:
+        self.repo = repo
+        self.manifest: Manifest
+        self.manifest, self.map = repo.resolve(ref)
+        self.size = self.manifest.device_size
+        self._starts = array("Q", (self.map[i].offset for i in range(len(self.map))))
+        self._cache: collections.OrderedDict[bytes, bytes] = collections.OrderedDict()
+        self._cached_bytes = 0
+        self._limit = cache_bytes
+        self._lock = threading.Lock()
+        self.chunks_fetched = 0
+
+    def pieces(self, offset: int, length: int) -> Iterator[Piece]:
+        """The map's pieces over ``[offset, offset + length)``, clipped to it."""
+        end = min(self.size, offset + length)
+        i = max(0, bisect.bisect_right(self._starts, offset) - 1)
+        while i < len(self.map) and offset < end:
+            p = self.map[i]
+            if p.end > offset:
+                start, stop = max(p.offset, offset), min(p.end, end)
+                yield Piece(start, stop - start, p.digest, p.chunk_offset + (start - p.offset))
+            i += 1
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Bytes of the image (short only at its end)."""
+        length = max(0, min(length, self.size - offset))
+        out = bytearray(length)
+        for p in self.pieces(offset, length):
+            if not p.is_zero:
+                chunk = self.chunk(p.digest)
+                out[p.offset - offset: p.end - offset] = chunk[p.chunk_offset: p.chunk_offset + p.length]
+        return bytes(out)
+
+    def chunk(self, digest: bytes) -> bytes:
+        """A verified chunk, from the cache or the repository."""
+        with self._lock:
+            data = self._cache.get(digest)
+            if data is not None:
+                self._cache.move_to_end(digest)
+                return data
+        data = self.repo.get_chunk(digest)  # outside the lock: fetches run in parallel
+        with self._lock:
+            self.chunks_fetched += 1
+            if digest not in self._cache:
+                self._cache[digest] = data
+                self._cached_bytes += len(data)
+                while self._cached_bytes > self._limit and len(self._cache) > 1:
+                    _, old = self._cache.popitem(last=False)
+                    self._cached_bytes -= len(old)
+        return data
+
+    def zero_ranges(self) -> ExtentMap:
+        """The pieces that read as zeros (for NBD block status)."""
+        out = ExtentMap()
+        for p in self.map:
+            if p.is_zero:
+                out.append(p.offset, p.length, p.digest)
+        return out

@@ -1,0 +1,71 @@
+"""``restore --onto-existing``: bring a stale copy of the device up to a backup, writing only what differs.
+
+The target is read once, piece by piece of the backup's map. Where a piece is one whole stored chunk, the
+target's bytes are hashed with the repository's chunk id: equal means equal, and nothing is fetched or
+written. Elsewhere the chunk is fetched and verified, and the target is compared block by block (64 KiB);
+only the blocks that differ are written. Zero pieces write zeros only where the target is not zero.
+"""
+
+from __future__ import annotations
+
+import os
+
+from cbtbackup.errors import os_error
+from cbtbackup.model.extent_map import ExtentMap, Piece
+from cbtbackup.pipeline.progress import Progress
+from cbtbackup.repo.repository import Repository
+
+BLOCK = 64 << 10
+
+
+def restore_onto(repo: Repository, resolved: ExtentMap, fd: int, progress: Progress) -> tuple[int, int, int]:
+    """(bytes read from the target, bytes written to it, chunks fetched)."""
+    read = written = fetched = 0
+    for i in range(len(resolved)):
+        piece = resolved[i]
+        have = _pread(fd, piece.offset, piece.length)
+        read += len(have)
+        if piece.is_zero:
+            want = bytes(piece.length)
+        elif repo.chunk_id(have) == piece.digest:
+            progress.advance(piece.length)
+            continue
+        else:
+            want = _wanted(repo, piece)
+            fetched += 1
+        written += _write_differences(fd, piece.offset, have, want)
+        progress.advance(piece.length)
+    os.fsync(fd)
+    return read, written, fetched
+
+
+def _wanted(repo: Repository, piece: Piece) -> bytes:
+    return repo.get_chunk(piece.digest)[piece.chunk_offset: piece.chunk_offset + piece.length]
+
+
+def _write_differences(fd: int, offset: int, have: bytes, want: bytes) -> int:
+    written = 0
+    hv, wv = memoryview(have), memoryview(want)
+    for pos in range(0, len(want), BLOCK):
+        end = min(pos + BLOCK, len(want))
+        if hv[pos:end] != wv[pos:end]:
+            _pwrite(fd, wv[pos:end], offset + pos)
+            written += end - pos
+    return written
+
+
+def _pread(fd: int, offset: int, length: int) -> bytes:
+    try:
+        data = os.pread(fd, length, offset)
+    except OSError as e:
+        raise os_error(e, "read of the restore target failed") from None
+    return data + bytes(length - len(data))
+
+
+def _pwrite(fd: int, data: memoryview, offset: int) -> None:
+    try:
+        while data:
+            n = os.pwrite(fd, data, offset)
+            data, offset = data[n:], offset + n
+    except OSError as e:
+        raise os_error(e, "write to the restore target failed") from None
