@@ -40,8 +40,10 @@ class BackupReader:
         """The map's pieces over ``[offset, offset + length)``, clipped to it."""
         end = min(self.size, offset + length)
         i = max(0, bisect.bisect_right(self._starts, offset) - 1)
-        while i < len(self.map) and offset < end:
+        while i < len(self.map):
             p = self.map[i]
+            if p.offset >= end:
+                break
             if p.end > offset:
                 start, stop = max(p.offset, offset), min(p.end, end)
                 yield Piece(start, stop - start, p.digest, p.chunk_offset + (start - p.offset))
