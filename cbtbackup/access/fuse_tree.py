@@ -42,14 +42,14 @@ def time_name(ref: BackupRef) -> str:
 class BackupTree(mfusepy.Operations):  # type: ignore[misc]
     use_ns = True
 
-    def __init__(self, repo: Repository, name: str | None, cache_bytes: int) -> None:
+    def __init__(self, repo: Repository, name: str | None, cache_bytes: int, only: BackupRef | None = None) -> None:
         self.repo = repo
         self.cache_bytes = cache_bytes
         self._now = time.time_ns()
         self.files: dict[str, BackupRef] = {}  # "/chain/id.img" -> backup
         self.links: dict[str, str] = {}  # "/chain/time.img" -> "id.img"
         self.dirs: dict[str, list[str]] = {"/": []}
-        for ref in repo.list_backups(name):
+        for ref in [only] if only is not None else repo.list_backups(name):
             chain = f"/{ref.name}"
             if chain not in self.dirs:
                 self.dirs[chain] = []

@@ -26,6 +26,8 @@ class MountOptions:
     mountpoint: str
     name: str | None = None
     cache_bytes: int = 256 << 20
+    backup: str | None = None  # one backup only: an id, NAME@latest, NAME@latest~N, or a chain with ``at``
+    at: float | None = None
 
 
 def run_mount(repo: Repository, options: MountOptions, ready: Ready) -> int:
@@ -36,7 +38,11 @@ def run_mount(repo: Repository, options: MountOptions, ready: Ready) -> int:
     if system_tools.is_mount_point(where):
         raise UsageError(f"{where} is a mount point already")
     check_fuse()
-    tree = BackupTree(repo, options.name, options.cache_bytes)
+    only = None
+    if options.backup is not None or options.at is not None:
+        spec = options.backup or options.name or "latest"
+        only = repo.find_at(spec, options.at) if options.at is not None else repo.find(spec)
+    tree = BackupTree(repo, options.name, options.cache_bytes, only)
     if not tree.files:
         raise UsageError("no backups to mount" + (f" named {options.name!r}" if options.name else ""))
     thread = threading.Thread(target=serve, args=(tree, str(where)), name="fuse", daemon=True)
@@ -67,11 +73,12 @@ class ServeOptions:
     backup: str
     listen: str
     cache_bytes: int = 256 << 20
+    at: float | None = None
 
 
 def run_serve(repo: Repository, options: ServeOptions, ready: Ready) -> str:
     """Serve one backup over NBD until SIGTERM or Ctrl-C; the id of the backup served."""
-    ref = repo.find(options.backup)
+    ref = repo.find_at(options.backup, options.at) if options.at is not None else repo.find(options.backup)
     reader = BackupReader(repo, ref, options.cache_bytes)
     server = listen(options.listen)
     stop = threading.Event()

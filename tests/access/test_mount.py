@@ -121,6 +121,10 @@ def test_mount_then_loop_mount_a_partition(cli: RunCli, tmp_path: Path, foregrou
     loops.pop().close()
     code, out, _ = stop(server)
     assert code == 0 and "unmounted" in out and not os.path.ismount(mnt)
+    # One backup only, chosen as restore chooses.
+    single = foreground("mount", "-r", repo, mnt, "--backup", f"{backup['name']}@latest~0", ready=mounted(mnt))
+    assert f"{backup['id']}.img" in os.listdir(mnt / backup["name"]) and len(os.listdir(mnt)) == 1
+    assert stop(single)[0] == 0
 
 
 def test_a_corrupt_chunk_fails_only_the_file_it_holds(cli: RunCli, tmp_path: Path, foreground: Started,
