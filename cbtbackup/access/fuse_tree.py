@@ -153,6 +153,7 @@ class BackupTree(mfusepy.Operations):  # type: ignore[misc]
                 if held is not None:
                     if held[1] <= 1:
                         del self._readers[ref.id]  # its cache goes with it
+                        held[0].close()
                     else:
                         self._readers[ref.id] = (held[0], held[1] - 1)
         return 0

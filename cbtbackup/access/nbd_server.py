@@ -42,6 +42,7 @@ INFO_EXPORT, INFO_BLOCK_SIZE = 0, 3
 TX_HAS_FLAGS, TX_READ_ONLY, TX_SEND_FLUSH, TX_SEND_DF, TX_CAN_MULTI_CONN = 1, 2, 4, 128, 256
 CMD_READ, CMD_WRITE, CMD_DISC, CMD_FLUSH, CMD_TRIM, CMD_CACHE, CMD_WRITE_ZEROES, CMD_BLOCK_STATUS = range(8)
 REPLY_FLAG_DONE = 1
+CMD_FLAG_REQ_ONE = 8  # block status: one descriptor only
 REPLY_TYPE_NONE, REPLY_TYPE_OFFSET_DATA, REPLY_TYPE_BLOCK_STATUS, REPLY_TYPE_ERROR = 0, 1, 5, 2**15 + 1
 STATE_HOLE, STATE_ZERO = 1, 2
 BASE_ALLOCATION = b"base:allocation"
@@ -153,7 +154,7 @@ class Connection:
 
     def serve(self) -> None:
         while True:
-            magic, _flags, kind, handle, offset, length = struct.unpack(">IHHQQI", self._recv(28))
+            magic, flags, kind, handle, offset, length = struct.unpack(">IHHQQI", self._recv(28))
             if magic != REQUEST_MAGIC:
                 return
             if kind == CMD_WRITE:
@@ -162,12 +163,12 @@ class Connection:
                 return
             if kind in (CMD_WRITE, CMD_TRIM, CMD_WRITE_ZEROES):
                 self._error(handle, errno.EPERM, "the export is read-only")
-            elif offset + length > self.reader.size or length > MAX_REQUEST:
+            elif offset + length > self.reader.size or (kind == CMD_READ and length > MAX_REQUEST):
                 self._error(handle, errno.EINVAL, "request outside the export")
             elif kind == CMD_READ:
                 self._read(handle, offset, length)
             elif kind == CMD_BLOCK_STATUS and self.allocation:
-                self._block_status(handle, offset, length)
+                self._block_status(handle, offset, length, one=bool(flags & CMD_FLAG_REQ_ONE))
             elif kind in (CMD_FLUSH, CMD_CACHE):
                 self._done(handle)
             else:
@@ -189,13 +190,15 @@ class Connection:
         else:
             self.sock.sendall(struct.pack(">IIQ", SIMPLE_REPLY_MAGIC, 0, handle) + data)
 
-    def _block_status(self, handle: int, offset: int, length: int) -> None:
+    def _block_status(self, handle: int, offset: int, length: int, one: bool) -> None:
         descriptors = bytearray()
         for piece in self.reader.pieces(offset, length):
             state = STATE_HOLE | STATE_ZERO if piece.is_zero else 0
             if descriptors and struct.unpack_from(">I", descriptors, len(descriptors) - 4)[0] == state:
                 (run,) = struct.unpack_from(">I", descriptors, len(descriptors) - 8)
                 struct.pack_into(">I", descriptors, len(descriptors) - 8, run + piece.length)
+            elif one and descriptors:
+                break  # the client asked for one descriptor
             else:
                 descriptors += struct.pack(">II", piece.length, state)
         self._chunk(handle, REPLY_TYPE_BLOCK_STATUS, struct.pack(">I", ALLOCATION_ID) + descriptors, done=True)

@@ -25,7 +25,7 @@ Ready = Callable[[str], None]
 class MountOptions:
     mountpoint: str
     name: str | None = None
-    cache_bytes: int = 256 << 20
+    cache_bytes: int = 64 << 20
     backup: str | None = None  # one backup only: an id, NAME@latest, NAME@latest~N, or a chain with ``at``
     at: float | None = None
 
@@ -72,7 +72,7 @@ def run_mount(repo: Repository, options: MountOptions, ready: Ready) -> int:
 class ServeOptions:
     backup: str
     listen: str
-    cache_bytes: int = 256 << 20
+    cache_bytes: int = 64 << 20
     at: float | None = None
 
 
@@ -95,6 +95,7 @@ def run_serve(repo: Repository, options: ServeOptions, ready: Ready) -> str:
         stop.set()
         thread.join(5)
         server.close()
+        reader.close()
         if options.listen.startswith("unix:"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(options.listen[len("unix:"):])

@@ -13,12 +13,14 @@ import collections
 import threading
 from array import array
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 from cbtbackup.model.extent_map import ExtentMap, Piece
 from cbtbackup.repo.manifest import BackupRef, Manifest
 from cbtbackup.repo.repository import Repository
 
 DEFAULT_CACHE = 64 << 20
+READ_AHEAD = 8 << 20  # on sequential reads, fetch the chunks of the next 8 MiB in the background
 
 
 class BackupReader:
@@ -35,6 +37,9 @@ class BackupReader:
         self._limit = cache_bytes
         self._lock = threading.Lock()
         self.chunks_fetched = 0
+        self._last_end = -1
+        self._ahead: set[bytes] = set()  # digests being fetched ahead
+        self._pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="read-ahead")
 
     def pieces(self, offset: int, length: int) -> Iterator[Piece]:
         """The map's pieces over ``[offset, offset + length)``, clipped to it."""
@@ -52,12 +57,40 @@ class BackupReader:
     def read(self, offset: int, length: int) -> bytes:
         """Bytes of the image (short only at its end)."""
         length = max(0, min(length, self.size - offset))
+        sequential = offset == self._last_end
+        self._last_end = offset + length
+        if sequential:
+            self._read_ahead(offset + length)
         out = bytearray(length)
         for p in self.pieces(offset, length):
             if not p.is_zero:
                 chunk = self.chunk(p.digest)
                 out[p.offset - offset: p.end - offset] = chunk[p.chunk_offset: p.chunk_offset + p.length]
         return bytes(out)
+
+    def _read_ahead(self, start: int) -> None:
+        """Fetch the chunks of the next stretch in the background, so a sequential reader does not wait."""
+        budget = min(READ_AHEAD, self._limit // 2)
+        for p in self.pieces(start, budget):
+            if p.is_zero:
+                continue
+            with self._lock:
+                if p.digest in self._cache or p.digest in self._ahead:
+                    continue
+                self._ahead.add(p.digest)
+            self._pool.submit(self._fetch_ahead, p.digest)
+
+    def _fetch_ahead(self, digest: bytes) -> None:
+        try:
+            self.chunk(digest)
+        except Exception:
+            pass
+        finally:
+            with self._lock:
+                self._ahead.discard(digest)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def chunk(self, digest: bytes) -> bytes:
         """A verified chunk, from the cache or the repository."""

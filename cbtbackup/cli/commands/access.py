@@ -21,7 +21,7 @@ def _ready(line: str) -> None:
 @click.option("--backup", "backup", metavar="BACKUP",
               help="Only this backup: an id, NAME@latest or NAME@latest~N (with --at: a chain).")
 @click.option("--at", "at", metavar="TIME", help="Only the newest backup at or before TIME (of --name's chain).")
-@click.option("--cache-size", default="256MiB", show_default=True,
+@click.option("--cache-size", default="64MiB", show_default=True,
               help="Decompressed chunks kept in memory, per open backup.")
 @json_option
 def mount(repo: str, endpoint_url: str | None, mountpoint: str, name: str | None, backup: str | None,
@@ -42,7 +42,7 @@ def mount(repo: str, endpoint_url: str | None, mountpoint: str, name: str | None
 @click.argument("backup")
 @click.option("--listen", default=None, metavar="ADDRESS", required=True,
               help="unix:PATH or tcp:127.0.0.1:PORT.")
-@click.option("--cache-size", default="256MiB", show_default=True, help="Decompressed chunks kept in memory.")
+@click.option("--cache-size", default="64MiB", show_default=True, help="Decompressed chunks kept in memory.")
 @click.option("--at", "at", metavar="TIME", help="BACKUP names a chain: serve its newest backup at or before TIME.")
 @json_option
 def serve(repo: str, endpoint_url: str | None, backup: str, listen: str, cache_size: str, at: str | None,
