@@ -47,13 +47,13 @@ def run_mount(repo: Repository, options: MountOptions, ready: Ready) -> int:
         raise UsageError("no backups to mount" + (f" named {options.name!r}" if options.name else ""))
     thread = threading.Thread(target=serve, args=(tree, str(where)), name="fuse", daemon=True)
     thread.start()
-    deadline = time.monotonic() + 15
-    while not system_tools.is_mount_point(where):
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise CbtError(f"could not mount FUSE at {where}")
-        time.sleep(0.02)
-    ready(f"mounted {len(tree.files)} backup(s) of {repo.location} at {where}; Ctrl-C or SIGTERM unmounts")
-    try:
+    try:  # from here on, whatever happens (a signal during the start too) ends with the unmount
+        deadline = time.monotonic() + 15
+        while not system_tools.is_mount_point(where):
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise CbtError(f"could not mount FUSE at {where}")
+            time.sleep(0.02)
+        ready(f"mounted {len(tree.files)} backup(s) of {repo.location} at {where}; Ctrl-C or SIGTERM unmounts")
         while thread.is_alive():
             thread.join(0.5)
     except KeyboardInterrupt:  # Ctrl-C, and SIGTERM (the command line unwinds it the same way)
@@ -84,9 +84,9 @@ def run_serve(repo: Repository, options: ServeOptions, ready: Ready) -> str:
     stop = threading.Event()
     thread = threading.Thread(target=serve_forever, args=(server, reader, ref.id, stop), daemon=True)
     thread.start()
-    ready(f"serving backup {ref.id} ({ref.name}, {reader.size} bytes) read-only over NBD at {options.listen} "
-          f"(export name {ref.id!r}); Ctrl-C or SIGTERM stops")
     try:
+        ready(f"serving backup {ref.id} ({ref.name}, {reader.size} bytes) read-only over NBD at {options.listen} "
+              f"(export name {ref.id!r}); Ctrl-C or SIGTERM stops")
         while thread.is_alive():
             thread.join(0.5)
     except KeyboardInterrupt:
