@@ -26,6 +26,7 @@ from cbtbackup.pipeline.integrity import explain_corruption
 from cbtbackup.pipeline.progress import NullProgress, Progress
 from cbtbackup.pipeline.restore_onto import restore_onto
 from cbtbackup.pipeline.restore_stream import stream_image
+from cbtbackup.pipeline.target_io import pwrite_all
 from cbtbackup.pipeline.workers import BoundedSubmitter, PipelineConfig
 from cbtbackup.repo.chunk_codec import CorruptChunkError
 from cbtbackup.repo.manifest import Manifest
@@ -258,7 +259,7 @@ def _write_all(
         total = 0
         while i >= 0:
             piece = resolved[i]
-            _pwrite_all(out.fd, view[piece.chunk_offset: piece.chunk_offset + piece.length], piece.offset)
+            pwrite_all(out.fd, view[piece.chunk_offset: piece.chunk_offset + piece.length], piece.offset)
             progress.advance(piece.length)
             total += piece.length
             i = link[i]
@@ -289,14 +290,5 @@ def _write_zero_pieces(resolved: ExtentMap, fd: int, progress: Progress) -> None
     for piece in resolved:
         if piece.is_zero:
             for pos in range(piece.offset, piece.end, ZERO_WRITE):
-                _pwrite_all(fd, zeros[: min(ZERO_WRITE, piece.end - pos)], pos)
+                pwrite_all(fd, zeros[: min(ZERO_WRITE, piece.end - pos)], pos)
             progress.advance(piece.length)
-
-
-def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
-    try:
-        while data:
-            n = os.pwrite(fd, data, offset)
-            data, offset = data[n:], offset + n
-    except OSError as e:
-        raise os_error(e, "write to the restore target failed") from None

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import os
 
-from cbtbackup.errors import os_error
 from cbtbackup.model.extent_map import ExtentMap, Piece
 from cbtbackup.pipeline.progress import Progress
+from cbtbackup.pipeline.target_io import pread_full, pwrite_all
 from cbtbackup.repo.repository import Repository
 
 BLOCK = 64 << 10
@@ -23,7 +23,7 @@ def restore_onto(repo: Repository, resolved: ExtentMap, fd: int, progress: Progr
     read = written = fetched = 0
     for i in range(len(resolved)):
         piece = resolved[i]
-        have = _pread(fd, piece.offset, piece.length)
+        have = pread_full(fd, piece.offset, piece.length)
         read += len(have)
         if piece.is_zero:
             want = bytes(piece.length)
@@ -49,23 +49,6 @@ def _write_differences(fd: int, offset: int, have: bytes, want: bytes) -> int:
     for pos in range(0, len(want), BLOCK):
         end = min(pos + BLOCK, len(want))
         if hv[pos:end] != wv[pos:end]:
-            _pwrite(fd, wv[pos:end], offset + pos)
+            pwrite_all(fd, wv[pos:end], offset + pos)
             written += end - pos
     return written
-
-
-def _pread(fd: int, offset: int, length: int) -> bytes:
-    try:
-        data = os.pread(fd, length, offset)
-    except OSError as e:
-        raise os_error(e, "read of the restore target failed") from None
-    return data + bytes(length - len(data))
-
-
-def _pwrite(fd: int, data: memoryview, offset: int) -> None:
-    try:
-        while data:
-            n = os.pwrite(fd, data, offset)
-            data, offset = data[n:], offset + n
-    except OSError as e:
-        raise os_error(e, "write to the restore target failed") from None

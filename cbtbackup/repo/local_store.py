@@ -44,8 +44,8 @@ class LocalStore(Store):
             raise StorageError(f"invalid object key {key!r}")
         return self.root / key
 
-    def put(self, key: str, data: bytes) -> None:
-        path = self._path(key)
+    def _write_temp(self, path: Path, data: bytes) -> Path:
+        """``data`` in a new temporary file beside ``path`` (made with its directory if need be)."""
         tmp = path.with_name(f"{TMP_MARK}{path.name}.{secrets.token_hex(4)}")
         try:
             try:
@@ -59,6 +59,15 @@ class LocalStore(Store):
                     view = view[os.write(fd, view):]
             finally:
                 os.close(fd)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise os_error(e, f"cannot write {path}") from None
+        return tmp
+
+    def put(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        tmp = self._write_temp(path, data)
+        try:
             os.replace(tmp, path)
         except OSError as e:
             tmp.unlink(missing_ok=True)
@@ -67,28 +76,16 @@ class LocalStore(Store):
     def put_if_absent(self, key: str, data: bytes) -> bool:
         """A complete temporary file hard-linked to the key: link fails if the key exists, and is atomic."""
         path = self._path(key)
-        tmp = path.with_name(f"{TMP_MARK}{path.name}.{secrets.token_hex(4)}")
+        tmp = self._write_temp(path, data)
         try:
-            try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            except FileNotFoundError:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-            finally:
-                os.close(fd)
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                return False
-            return True
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
         except OSError as e:
             raise os_error(e, f"cannot write {path}") from None
         finally:
             tmp.unlink(missing_ok=True)
+        return True
 
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         path = self._path(key)
