@@ -114,6 +114,13 @@ class KernelSimulator:
                 os.close(fd)
             return
         dev.volume.write(offset, data)  # the engine queues any corrupted event; WAIT_EVENT hands it out
+        held = self.snapshots.get(dev.snapshot) if dev.snapshot else None
+        if held is not None and held.engine is not None and held.engine.error_code:
+            # As the real module: once the difference storage overflowed, every read of the image fails (EIO;
+            # buffered readers see short reads).
+            image = self.dev_root / self._image_name(rdev)
+            if image.exists():
+                os.truncate(image, 0)
 
     def close(self) -> None:
         for snap in list(self.snapshots.values()):

@@ -12,6 +12,7 @@ import pytest
 from cbtbackup.engine import Snapshot
 from cbtbackup.engine.blksnap import kernel
 from cbtbackup.engine.blksnap.kernel import BlksnapModule, BlockDevice
+from cbtbackup.engine.providers import BlksnapProvider
 from cbtbackup.errors import NotFoundError, SnapshotFailedError
 from cbtbackup.pipeline.backup import BackupOptions, run_backup
 from cbtbackup.pipeline.chains import default_name
@@ -271,3 +272,31 @@ def test_why_the_storage_check_exists(make_device: MakeDevice, simulator: Kernel
         device.close()
         module.close()
         subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_overflow_shows_as_failing_image_reads_and_is_reported_as_such(
+    repo: Path, make_device: MakeDevice, simulator: KernelSimulator, tmp_path: Path
+) -> None:
+    """The real module fails image reads once its storage overflowed, before any event: exit 6, not 7."""
+    dev = make_device()
+    group = BlksnapProvider([dev], str(tmp_path), MiB).open_group()
+    try:
+        simulator.write(dev, 0, os.urandom(4 * MiB))  # overflows the 1 MiB limit
+        with pytest.raises(SnapshotFailedError, match="overflowed") as info:
+            group.sessions[0].image.read(0, MiB)
+        assert info.value.exit_code == 6
+    finally:
+        group.close()
+
+
+def test_detach_is_refused_while_a_snapshot_holds_the_device(
+    cli: RunCli, make_device: MakeDevice, simulator: KernelSimulator, tmp_path: Path
+) -> None:
+    dev = make_device()
+    group = BlksnapProvider([dev], str(tmp_path), 16 * MiB).open_group()
+    try:
+        cli("blksnap", "detach", dev).assert_one_line_error(4, "taken snapshot")
+        assert BlockDevice(simulator.env, dev).attached_filter() == "blksnap"  # still tracking
+    finally:
+        group.close()
+    assert cli("blksnap", "detach", dev).code == 0

@@ -239,6 +239,18 @@ class BlockDevice:
         return True
 
     def detach_filter(self) -> None:
+        """Remove the filter — refused while a taken snapshot holds the device: the real module would
+        detach, and new writes would then reach the snapshot's image unpreserved."""
+        try:
+            _, image = self.snapshot_info()
+        except CbtError:
+            image = ""  # in no taken snapshot
+        if image:
+            raise BusyError(f"{self.path} is in a taken snapshot (image {image}); detaching now would let new "
+                            "writes into that snapshot: let its backup finish (or destroy it) first")
+        self._detach()
+
+    def _detach(self) -> None:
         self._ioctl(abi.BLKFILTER_DETACH, abi.blkfilter_detach(abi.filter_name()), "detach the filter from",
                     {errno.ENOENT: "no blksnap filter is attached"})
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -16,10 +17,11 @@ from cbtbackup.engine.blksnap import abi
 from cbtbackup.engine.blksnap.kernel import BlksnapModule, BlockDevice, Environment, Event, current_environment
 from cbtbackup.engine.providers.base import CbtState, SnapshotSession
 from cbtbackup.engine.providers.scan import FileReader
-from cbtbackup.errors import CbtError, SnapshotFailedError, UsageError
+from cbtbackup.errors import CbtError, SnapshotFailedError, StorageError, UsageError
 
 EVENT_WAIT = 100  # per WAIT_EVENT call; the module counts it in jiffies
 DEFAULT_DIFF_STORAGE = "/var/tmp"  # a directory: the module makes a private O_TMPFILE in it
+OVERFLOW_SETTLE = 2.0  # seconds a failed image read waits for the module to report an overflow
 
 
 class BlksnapGroup:
@@ -107,6 +109,29 @@ class BlksnapGroup:
             self.module.close()
 
 
+class _ImageReader(FileReader):
+    """The snapshot image; a read that fails because the snapshot overflowed says so.
+
+    The real module fails every image read with EIO (buffered readers see short reads) as soon as its
+    difference storage overflows, often before the corrupted event arrives: such a failure is the overflow,
+    reported as the snapshot failing (exit 6), not as an I/O error of the device."""
+
+    def __init__(self, path: Path, group: BlksnapGroup) -> None:
+        super().__init__(path)
+        self._group = group
+
+    def read(self, offset: int, length: int) -> bytes:
+        try:
+            return super().read(offset, length)
+        except StorageError:
+            deadline = time.monotonic() + OVERFLOW_SETTLE
+            while True:  # the module may report the corruption a moment after the read failed
+                self._group.check_intact()
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+
 class BlksnapSession(SnapshotSession):
     provider = "blksnap"
 
@@ -118,7 +143,7 @@ class BlksnapSession(SnapshotSession):
             raise SnapshotFailedError(f"the snapshot of {device.path} is corrupted: {os.strerror(-error_code)}")
         info = device.cbt_info()
         self.cbt: CbtState | None = CbtState(info, device.cbt_map(info.block_count))
-        self._reader = FileReader(Path(group.env.dev_root) / image_name)
+        self._reader = _ImageReader(Path(group.env.dev_root) / image_name, group)
         self.image = self._reader
 
     def check_intact(self) -> None:
