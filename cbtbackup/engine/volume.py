@@ -139,7 +139,7 @@ class TrackedVolume:
             undo.callback(lock.release)
             # The lease first, then the identity: a write between the two changes the identity.
             sink = _OpenSink()
-            blind = _watch_fd(fd, p, sink) if stat.S_ISREG(st.st_mode) else None
+            blind = _watch_fd(fd, sink) if stat.S_ISREG(st.st_mode) else None
             undo.callback(lease.unwatch, fd)
             tracker = ChangeTracker.load(sd, capacity, image_identity(os.fstat(fd)))
             if not stat.S_ISREG(st.st_mode):
@@ -262,14 +262,17 @@ class TrackedVolume:
             self._tracker.new_generation(self._blind)
             self._blind = None
         if self.is_file and not lease.holds(self._fd):
-            self._blind = self._watch()
+            self._watch()
 
-    def _watch(self) -> str | None:
-        """Start watching an image file; the reason it cannot be watched, or None."""
-        if not self.is_file:
-            return None
-        self._blind = _watch_fd(self._fd, self.path, self._opened_elsewhere)
-        return self._blind
+    def _watch(self) -> None:
+        """Start watching an image file; if it cannot be watched, the volume is blind.
+
+        Only a failure is recorded here: once the lease is held, a break may already have made the volume
+        blind (in the watcher thread), and an assignment of "not blind" after it would lose that."""
+        if self.is_file:
+            reason = _watch_fd(self._fd, self._opened_elsewhere)
+            if reason is not None:
+                self._blind = reason
 
     def _opened_elsewhere(self, writer: bool) -> None:
         """Another process opened the image (the lease watcher calls this before that open returns)."""
@@ -318,7 +321,7 @@ class _OpenSink:
             volume._opened_elsewhere(pending)
 
 
-def _watch_fd(fd: int, path: Path, on_open: lease.OnOpen) -> str | None:
+def _watch_fd(fd: int, on_open: lease.OnOpen) -> str | None:
     try:
         lease.watch(fd, on_open)
     except lease.LeaseUnavailable as e:

@@ -15,7 +15,7 @@ from array import array
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
-from cbtbackup.model.extent_map import ExtentMap, Piece
+from cbtbackup.model.extent_map import Piece
 from cbtbackup.repo.manifest import BackupRef, Manifest
 from cbtbackup.repo.repository import Repository
 
@@ -109,11 +109,3 @@ class BackupReader:
                     _, old = self._cache.popitem(last=False)
                     self._cached_bytes -= len(old)
         return data
-
-    def zero_ranges(self) -> ExtentMap:
-        """The pieces that read as zeros (for NBD block status)."""
-        out = ExtentMap()
-        for p in self.map:
-            if p.is_zero:
-                out.append(p.offset, p.length, p.digest)
-        return out

@@ -111,7 +111,6 @@ class Repository:
         except NotFoundError:
             raise NotFoundError(f"{location} is not a cbtbackup repository (no config); create one with init") from None
         config = RepositoryConfig.from_bytes(raw, location)
-        keys = KeySlots(store, config.id)
         if config.encryption == "none":
             if next(iter(store.list("keys/")), None) is not None:
                 raise CorruptDataError(f"{location}: the config says unencrypted, but the repository has key slots: "
@@ -121,7 +120,7 @@ class Repository:
         if not given:
             raise UnlockError(f"{location} is encrypted: give its passphrase (CBTBACKUP_PASSWORD, --password-file, "
                               "--password-command, or a terminal)")
-        master, slot = keys.unlock(given)
+        master, slot = KeySlots(store, config.id).unlock(given)
         sealer = AeadSealer(config.encryption, master)
         if sealer.config_mac(config.body_for_mac()) != config.mac:
             raise CorruptDataError(f"{location}: the config was changed (its MAC does not match the key)")
