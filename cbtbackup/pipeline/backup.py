@@ -45,7 +45,7 @@ class BackupOptions:
     name: str | None = None
     provider: str = "auto"
     state_dir: str | None = None
-    freeze: str | None = None  # a mounted file system to freeze around the take (attached volumes)
+    freeze: str | None = None  # a mounted file system to freeze around the take (attached volumes, blksnap)
     diff_storage: str | None = None  # blksnap: where the module keeps old chunks
     diff_storage_limit: int | None = None
     rename_source: bool = False  # allow --name's chain to hold backups of another source path
@@ -89,7 +89,8 @@ def run_backup(
     chunk is stored, the manifest is not written)."""
     progress = progress or NullProgress()
     provider = choose_provider(options.source, options.provider, state_dir=options.state_dir, freeze=options.freeze,
-                               diff_storage=options.diff_storage, diff_storage_limit=options.diff_storage_limit)
+                               diff_storage=options.diff_storage, diff_storage_limit=options.diff_storage_limit,
+                               notice=progress.notice)
     explicit = check_name(options.name) if options.name else None
     with _chain_lock(repo, options, candidate_names(provider.source, explicit), progress) as lock:
         name = chain_for(repo, provider.source, explicit, options.rename_source)
@@ -143,7 +144,8 @@ def run_device_group_backup(
     progress = progress or NullProgress()
     names = [n for device in devices for n in candidate_names(str(Path(device).absolute()), None)]
     with _chain_lock(repo, options, names, progress) as lock:
-        provider = BlksnapProvider(devices, options.diff_storage, options.diff_storage_limit)
+        provider = BlksnapProvider(devices, options.diff_storage, options.diff_storage_limit, freeze=options.freeze,
+                                   notice=progress.notice)
         group = provider.open_group()
         try:
             return [backup_session(repo, session, options.kind, chain_for(repo, session.source, None, False),

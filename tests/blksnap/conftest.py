@@ -33,9 +33,10 @@ def make_device(tmp_path: Path) -> Iterator[MakeDevice]:
         subprocess.run(["losetup", "-d", loop], capture_output=True)
 
 
-@pytest.fixture
-def simulator(tmp_path: Path) -> Iterator[KernelSimulator]:
-    sim = KernelSimulator(tmp_path / "kernel")
+@pytest.fixture(params=["2", "7"], ids=["upstream-2.0", "standalone-7.x"])
+def simulator(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[KernelSimulator]:
+    """The simulator in each dialect: every test of the backend runs against both module builds."""
+    sim = KernelSimulator(tmp_path / "kernel", dialect=request.param)
     previous = kernel.use(sim.env)
     yield sim
     kernel.use(previous)

@@ -1,4 +1,4 @@
-"""A simulator of the blksnap 2.0 kernel module, standing behind the ioctl call.
+"""A simulator of the blksnap kernel module — upstream 2.0 or Veeam's standalone 7.x — behind the ioctl call.
 
 It decodes each request from its number (direction, type, nr, size — the generic ``_IOC`` layout) and the
 argument's raw bytes with ``struct`` formats written from the spec's C layouts, independently of
@@ -8,6 +8,13 @@ device, writes made with :meth:`KernelSimulator.write` are the bios the filter s
 snapshots. At the take each image is written to ``dev/blksnap-<major>-<minor>``. Errors are the module's
 errno values; its quirks are kept: the 255 overflow report (from the engine), SNAPSHOTADD of the device
 that holds the difference storage returning 0 without adding it, and ``timeout_ms`` counted in jiffies.
+
+``dialect="7"`` follows what a probe of the real standalone module observed (the facts in the VM's
+README): control ``veeamblksnap`` and filter ``bdevfilter`` devices (plain files here), filter requests
+``'F'`` 140 to 142 on the filter device naming the device by a path string, version 7.0.0.0, the MOD request,
+images named ``veeamblksnapimg_<maj>:<min>``, no ``/sys/block/<dev>/filter``, a positive errno in the
+corrupted event, no low-space event for a file or directory storage, and EINVAL for an upstream request
+sent to a block device. Like the real modules, neither build forgets a snapshot when its creator dies.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import stat
 import struct
 import threading
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from cbtbackup.engine import EventCode, Snapshot, TrackedVolume
@@ -45,6 +53,10 @@ COLLECT = struct.Struct("<I4xQ")
 EVENT = struct.Struct("<16sIIq4064s")
 EVENT_CORRUPTED = struct.Struct("<IIi")
 EVENT_NO_SPACE = struct.Struct("<Q")
+# 7.x: filter requests on /dev/bdevfilter, the device named by a path
+BDEV_NAME = struct.Struct("<Q32s")
+BDEV_CTL = struct.Struct("<Q32sIIQ")
+MOD = struct.Struct("<Q32s")
 
 
 def _put(buf: ctypes.Array[ctypes.c_char], data: bytes) -> None:
@@ -76,27 +88,31 @@ class SimSnapshot:
 
 
 class KernelSimulator:
-    def __init__(self, root: Path, version: tuple[int, int, int, int] = (2, 0, 0, 0), step: int = 1 << 20,
-                 loaded: bool = True) -> None:
+    def __init__(self, root: Path, version: tuple[int, int, int, int] | None = None, step: int = 1 << 20,
+                 loaded: bool = True, dialect: str = "2") -> None:
         self.root = root
-        self.version = version
+        self.standalone = dialect == "7"
+        self.version = version or ((7, 0, 0, 0) if self.standalone else (2, 0, 0, 0))
         self.step = step
         self.dev_root = root / "dev"
         self.dev_root.mkdir(parents=True, exist_ok=True)
         self.state_root = root / "state"
         self.sys_block = root / "sys" / "block"
         self.sys_block.mkdir(parents=True, exist_ok=True)
-        control = self.dev_root / "blksnap-control"
+        self.control = self.dev_root / ("veeamblksnap" if self.standalone else "blksnap-control")
+        self.filter_device = self.dev_root / "bdevfilter"
         if loaded:
-            control.touch()
-        self.env = Environment(ioctl=self.ioctl, control_path=str(control),
-                               veeam_control_path=str(self.dev_root / "veeamblksnap"),
-                               dev_root=str(self.dev_root), sys_block=str(self.sys_block))
+            self.control.touch()
+            if self.standalone:
+                self.filter_device.touch()
+        self.env = Environment(ioctl=self.ioctl, dev_root=str(self.dev_root), sys_block=str(self.sys_block),
+                               run_dir=str(root / "run"))
         self.devices: dict[int, SimDevice] = {}
         self.snapshots: dict[uuid.UUID, SimSnapshot] = {}
         self.requests: list[str] = []  # what was asked, by name, for tests to check the flow
         self.destroyed: list[uuid.UUID] = []
         self.fail: dict[str, int] = {}  # request name -> errno to answer with, once
+        self.after: dict[str, Callable[[], None]] = {}  # request name -> run once the request has done its work
         self._lock = threading.RLock()
 
     # -- the test's side -----------------------------------------------------------------------------------
@@ -138,11 +154,23 @@ class KernelSimulator:
             raise OSError(errno.EINVAL, "argument size does not match the request")
         st = os.fstat(fd)
         with self._lock:
-            if stat.S_ISREG(st.st_mode) and type_ == ord("V"):
+            if self._is(st, self.control) and type_ == ord("V"):
                 return self._control(nr, direction, buf)
+            if self.standalone and self._is(st, self.filter_device) and type_ == ord("F"):
+                return self._bdevfilter(nr, buf)
             if stat.S_ISBLK(st.st_mode) and type_ == 0x12:
+                if self.standalone:  # the loop driver's answer to a request it does not know
+                    raise OSError(errno.EINVAL, "invalid argument")
                 return self._filter(st.st_rdev, nr, buf)
         raise OSError(errno.ENOTTY, "inappropriate ioctl")
+
+    @staticmethod
+    def _is(st: os.stat_result, path: Path) -> bool:
+        try:
+            other = path.stat()
+        except FileNotFoundError:
+            return False
+        return (st.st_dev, st.st_ino) == (other.st_dev, other.st_ino)
 
     def _maybe_fail(self, name: str) -> None:
         self.requests.append(name)
@@ -159,6 +187,8 @@ class KernelSimulator:
             self._maybe_fail("SNAPSHOT_CREATE")
             limit_sect, name_ptr, _ = CREATE.unpack(bytes(buf))
             storage = ctypes.string_at(name_ptr).decode()
+            if stat.S_ISFIFO(os.stat(storage).st_mode):
+                raise AssertionError("the real module's CREATE blocks forever on a FIFO without a writer")
             if not (os.path.isdir(storage) or os.path.isfile(storage) or Path(storage).is_block_device()):
                 raise OSError(errno.EINVAL, "bad difference storage")
             snap = SimSnapshot(uuid.uuid4(), storage, limit_sect * 512)
@@ -182,8 +212,13 @@ class KernelSimulator:
         elif nr == 5 and direction == IOC_READ:
             self.requests.append("SNAPSHOT_WAIT_EVENT")
             self._wait_event(buf)
+        elif nr == 32 and direction == IOC_READ and self.standalone:
+            self._maybe_fail("MOD")
+            _put(buf, MOD.pack(0x2, b"standalone"))
         else:
             raise OSError(errno.ENOTTY, "unknown control request")
+        if self.requests and self.requests[-1] in self.after:
+            self.after.pop(self.requests[-1])()
         return 0
 
     def _snapshot(self, raw: bytes, missing: int) -> SimSnapshot:
@@ -231,45 +266,85 @@ class KernelSimulator:
             raise OSError(errno.ENOENT, "timed out")
         if event.code is EventCode.CORRUPTED:
             rdev = next((r for r in snap.devices if self.devices[r].path == event.volume), snap.devices[0])
-            data = EVENT_CORRUPTED.pack(os.major(rdev), os.minor(rdev), event.errno)
+            # 7.x sends a positive errno (the engine's, like upstream's, is negative)
+            data = EVENT_CORRUPTED.pack(os.major(rdev), os.minor(rdev),
+                                        abs(event.errno) if self.standalone else event.errno)
             code = 0
+        elif self.standalone:  # a file or directory storage at its limit sends no event on 7.x
+            raise OSError(errno.ENOENT, "timed out")
         else:
             data = EVENT_NO_SPACE.pack(event.requested_bytes // 512)
             code = 1
         _put(buf, EVENT.pack(raw_id, timeout_jiffies, code, event.time_ns, data))
 
-    @staticmethod
-    def _image_name(rdev: int) -> str:
+    def _image_name(self, rdev: int) -> str:
+        if self.standalone:
+            return f"veeamblksnapimg_{os.major(rdev)}:{os.minor(rdev)}"
         return f"blksnap-{os.major(rdev)}-{os.minor(rdev)}"
 
     # -- the filter on block devices ------------------------------------------------------------------------
+
+    def _bdevfilter(self, nr: int, buf: ctypes.Array[ctypes.c_char]) -> int:
+        """7.x: /dev/bdevfilter, the device named by a path the module looks up."""
+        raw = bytes(buf)
+        if nr in (140, 141):
+            devpath, name = BDEV_NAME.unpack(raw)
+            rdev = self._lookup(devpath)
+            if nr == 140:
+                self._maybe_fail("BLKFILTER_ATTACH")
+                self._attach(rdev, name)
+            else:
+                self._maybe_fail("BLKFILTER_DETACH")
+                self._detach(rdev)
+        elif nr == 142:
+            devpath, name, cmd, optlen, opt = BDEV_CTL.unpack(raw)
+            rdev = self._lookup(devpath)
+            if name.rstrip(b"\0") != b"blksnap":
+                raise OSError(errno.ENOENT, "no such filter")
+            self._ctl(rdev, cmd, optlen, opt)
+        else:
+            raise OSError(errno.ENOTTY, "unknown filter request")
+        return 0
+
+    @staticmethod
+    def _lookup(devpath: int) -> int:
+        st = os.stat(ctypes.string_at(devpath))
+        if not stat.S_ISBLK(st.st_mode):
+            raise OSError(errno.ENOTBLK, "not a block device")
+        return st.st_rdev
 
     def _filter(self, rdev: int, nr: int, buf: ctypes.Array[ctypes.c_char]) -> int:
         if nr == 142:
             self._maybe_fail("BLKFILTER_ATTACH")
             name, _, _ = ATTACH.unpack(bytes(buf))
-            if name.rstrip(b"\0") != b"blksnap":
-                raise OSError(errno.ENOENT, "no such filter")
-            if rdev in self.devices:
-                raise OSError(errno.EALREADY, "attached already")
-            path = self._device_path(rdev)
-            state = self.state_root / f"{os.major(rdev)}-{os.minor(rdev)}"
-            self.devices[rdev] = SimDevice(path, rdev, TrackedVolume.track(path, state_dir=state, exclusive=False))
-            self._sysfs(rdev, "blksnap")
+            self._attach(rdev, name)
         elif nr == 143:
             self._maybe_fail("BLKFILTER_DETACH")
-            dev = self._attached(rdev)
-            dev.volume.close()
-            del self.devices[rdev]
-            self._sysfs(rdev, None)
-            for leftover in (self.state_root / f"{os.major(rdev)}-{os.minor(rdev)}").glob("*"):
-                leftover.unlink()
+            self._detach(rdev)
         elif nr == 144:
             _, cmd, optlen, opt = CTL.unpack(bytes(buf))
             self._ctl(rdev, cmd, optlen, opt)
         else:
             raise OSError(errno.ENOTTY, "unknown filter request")
         return 0
+
+    def _attach(self, rdev: int, name: bytes) -> None:
+        if name.rstrip(b"\0") != b"blksnap":
+            raise OSError(errno.ENOENT, "no such filter")
+        if rdev in self.devices:
+            raise OSError(errno.EALREADY, "attached already")
+        path = self._device_path(rdev)
+        state = self.state_root / f"{os.major(rdev)}-{os.minor(rdev)}"
+        self.devices[rdev] = SimDevice(path, rdev, TrackedVolume.track(path, state_dir=state, exclusive=False))
+        self._sysfs(rdev, "blksnap")
+
+    def _detach(self, rdev: int) -> None:
+        dev = self._attached(rdev)
+        dev.volume.close()
+        del self.devices[rdev]
+        self._sysfs(rdev, None)
+        for leftover in (self.state_root / f"{os.major(rdev)}-{os.minor(rdev)}").glob("*"):
+            leftover.unlink()
 
     def _attached(self, rdev: int) -> SimDevice:
         dev = self.devices.get(rdev)
@@ -331,6 +406,8 @@ class KernelSimulator:
         raise OSError(errno.ENODEV, "device not found")
 
     def _sysfs(self, rdev: int, name: str | None) -> None:
+        if self.standalone:
+            return  # the standalone module has no /sys/block/<dev>/filter
         leaf = Path(self._device_path(rdev)).name
         folder = self.sys_block / leaf
         folder.mkdir(parents=True, exist_ok=True)

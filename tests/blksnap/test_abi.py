@@ -71,3 +71,35 @@ def test_other_architectures_are_refused() -> None:
     abi.check_architecture("aarch64")
     with pytest.raises(UsageError, match="x86-64 and arm64 only, not ppc64le"):
         abi.check_architecture("ppc64le")
+
+
+# Veeam's standalone 7.x: the filter requests and 7.x-only requests, as a probe of the real module found them.
+STANDALONE_LAYOUTS = [
+    (abi.bdevfilter_name, 40, {"devpath": 0, "name": 8}),
+    (abi.bdevfilter_ctl, 56, {"devpath": 0, "name": 8, "cmd": 40, "optlen": 44, "opt": 48}),
+    (abi.blksnap_mod, 40, {"compatibility_flags": 0, "name": 8}),
+    (abi.blksnap_snapshot_append_storage, 40, {"id": 0, "devpath": 16, "count": 24, "ranges": 32}),
+]
+
+
+@pytest.mark.parametrize(("struct", "size", "offsets"), STANDALONE_LAYOUTS,
+                         ids=[s.__name__ for s, _, _ in STANDALONE_LAYOUTS])
+def test_standalone_structure_layout(struct: type[ctypes.Structure], size: int, offsets: dict[str, int]) -> None:
+    test_structure_layout(struct, size, offsets)
+
+
+def test_standalone_request_numbers_as_observed() -> None:
+    assert abi.STANDALONE.attach.number == 0xC028468C == ioc("RW", ord("F"), 140, 40)
+    assert abi.STANDALONE.detach.number == 0xC028468D == ioc("RW", ord("F"), 141, 40)
+    assert abi.STANDALONE.ctl.number == 0xC038468E == ioc("RW", ord("F"), 142, 56)
+    assert ioc("R", ord("V"), 32, 40) == abi.IOCTL_BLKSNAP_MOD
+    assert ioc("W", ord("V"), 34, 40) == abi.IOCTL_BLKSNAP_SNAPSHOT_APPEND_STORAGE
+
+
+def test_the_dialects_differ_only_where_the_modules_do() -> None:
+    up, sa = abi.UPSTREAM, abi.STANDALONE
+    assert (up.control_device, up.filter_device, up.version_major) == ("blksnap-control", None, 2)
+    assert (sa.control_device, sa.filter_device, sa.version_major) == ("veeamblksnap", "bdevfilter", 7)
+    assert up.attach.number == abi.BLKFILTER_ATTACH and up.ctl.struct is abi.blkfilter_ctl
+    assert (up.sysfs_filter, sa.sysfs_filter) == (True, False)
+    assert (up.mod_request, sa.mod_request) == (None, abi.IOCTL_BLKSNAP_MOD)

@@ -11,7 +11,7 @@ import pytest
 
 from cbtbackup.engine import Snapshot
 from cbtbackup.engine.blksnap import kernel
-from cbtbackup.engine.blksnap.kernel import BlksnapModule, BlockDevice
+from cbtbackup.engine.blksnap.kernel import BlksnapModule
 from cbtbackup.engine.providers import BlksnapProvider
 from cbtbackup.errors import NotFoundError, SnapshotFailedError
 from cbtbackup.pipeline.backup import BackupOptions, run_backup
@@ -55,8 +55,9 @@ def test_full_and_incrementals_restore_exactly(
         assert out.read_bytes() == expected
     assert simulator.snapshots == {} and len(simulator.destroyed) == 4  # destroyed after each backup
     flow = [r for r in simulator.requests if r != "SNAPSHOT_WAIT_EVENT"]
-    assert flow[:10] == ["VERSION", "BLKFILTER_ATTACH", "SNAPSHOT_CREATE", "SNAPSHOTADD", "SNAPSHOT_TAKE",
-                         "SNAPSHOTINFO", "CBTINFO", "CBTMAP", "SNAPSHOTINFO", "SNAPSHOT_DESTROY"]
+    assert flow[:12] == ["VERSION", "SNAPSHOT_COLLECT", "SNAPSHOT_COLLECT", "BLKFILTER_ATTACH", "SNAPSHOT_CREATE",
+                         "SNAPSHOTADD", "SNAPSHOT_TAKE", "SNAPSHOTINFO", "CBTINFO", "CBTMAP", "SNAPSHOTINFO",
+                         "SNAPSHOT_DESTROY"]
 
 
 def test_the_cbt_map_is_read_in_32k_pieces(make_device: MakeDevice, simulator: KernelSimulator,
@@ -67,7 +68,9 @@ def test_the_cbt_map_is_read_in_32k_pieces(make_device: MakeDevice, simulator: K
     loop = subprocess.run(["losetup", "--find", "--show", str(image)], check=True, capture_output=True,
                           text=True).stdout.strip()
     try:
-        dev = BlockDevice(simulator.env, loop)
+        module = BlksnapModule.open(simulator.env)
+        dev = module.device(loop)
+        module.close()
         try:
             dev.attach_filter()
             assert dev.attach_filter() is False  # EALREADY means attached already, not an error
@@ -180,7 +183,7 @@ def test_failure_before_the_snapshot_exists(
     assert simulator.snapshots == {} and simulator.destroyed == []
 
 
-def test_module_absent_wrong_version_and_veeam(
+def test_module_absent_half_loaded_and_wrong_version(
     cli: RunCli, repo: Path, make_device: MakeDevice, tmp_path: Path
 ) -> None:
     dev = make_device()
@@ -188,14 +191,36 @@ def test_module_absent_wrong_version_and_veeam(
     previous = kernel.use(absent.env)
     try:
         cli("full", "-r", repo, dev, "--provider", "blksnap").assert_one_line_error(3, "not loaded")
+        assert cli("full", "-r", repo, dev, "--json").json["provider"] == "scan"  # auto: no module, a scan
         (absent.dev_root / "veeamblksnap").touch()
-        cli("full", "-r", repo, dev, "--provider", "blksnap").assert_one_line_error(2, "Veeam", "veeamblksnap")
+        cli("full", "-r", repo, dev, "--provider", "blksnap").assert_one_line_error(3, "modprobe bdevfilter")
         newer = KernelSimulator(tmp_path / "newer", version=(3, 1, 0, 0))
         kernel.use(newer.env)
         cli("full", "-r", repo, dev, "--provider", "blksnap").assert_one_line_error(2, "ABI 3.1")
         cli("blksnap", "status").assert_one_line_error(2, "ABI 3.1")
+        veeam_as_2 = KernelSimulator(tmp_path / "mixed", version=(2, 0, 0, 0), dialect="7")
+        kernel.use(veeam_as_2.env)
+        cli("blksnap", "status").assert_one_line_error(2, "veeamblksnap speaks ABI 2.0", "7.x there")
     finally:
         kernel.use(previous)
+
+
+def test_each_module_build_is_found_by_its_devices(
+    cli: RunCli, repo: Path, make_device: MakeDevice, simulator: KernelSimulator, tmp_path: Path
+) -> None:
+    dev = make_device()
+    assert cli("full", "-r", repo, dev, "--diff-storage", tmp_path, "--json").json["provider"] == "blksnap"  # auto
+    status = cli("blksnap", "status", "--json").json
+    if simulator.standalone:
+        assert status["module"].startswith("Veeam standalone") and status["version"] == [7, 0, 0, 0]
+        assert status["build"] == {"name": "standalone", "flags": 2}
+        assert "MOD" in simulator.requests and "BLKFILTER_ATTACH" in simulator.requests
+        assert not list(simulator.sys_block.iterdir())  # no sysfs filter file on 7.x
+    else:
+        assert status["module"] == "upstream blksnap 2.0" and status["version"] == [2, 0, 0, 0]
+        assert status["build"] is None and "MOD" not in simulator.requests
+    text = cli("blksnap", "status").out
+    assert text.startswith(status["module"]) and ".".join(map(str, status["version"])) in text
 
 
 def test_difference_storage_on_the_snapshotted_device(
@@ -242,10 +267,12 @@ def test_status_and_detach(cli: RunCli, repo: Path, make_device: MakeDevice, sim
     dev = make_device()
     assert cli("full", "-r", repo, dev, "--provider", "blksnap", "--diff-storage", tmp_path).code == 0
     status = cli("blksnap", "status", dev, "--json").json
-    assert status["version"] == [2, 0, 0, 0] and status["snapshots"] == []
-    assert status["devices"][0]["filter"] == "blksnap" and status["devices"][0]["changes_number"] == 1
+    assert status["version"] == list(simulator.version) and status["snapshots"] == []
+    assert status["devices"][0]["filter"] == (None if simulator.standalone else "blksnap")  # 7.x: no sysfs
+    assert status["devices"][0]["changes_number"] == 1
     assert cli("blksnap", "detach", dev).code == 0
-    assert cli("blksnap", "status", dev, "--json").json["devices"][0]["filter"] is None
+    assert "generation_id" not in cli("blksnap", "status", dev, "--json").json["devices"][0]
+    assert "no blksnap filter attached" in cli("blksnap", "status", dev).out
     cli("blksnap", "detach", dev).assert_one_line_error(3, "no blksnap filter is attached")
 
 
@@ -258,7 +285,7 @@ def test_why_the_storage_check_exists(make_device: MakeDevice, simulator: Kernel
     mnt.mkdir()
     subprocess.run(["mount", dev, str(mnt)], check=True)
     module = BlksnapModule.open(simulator.env)
-    device = BlockDevice(simulator.env, dev)
+    device = module.device(dev)
     try:
         device.attach_filter()
         snap_id = module.snapshot_create(str(mnt), 64 * MiB)
@@ -296,7 +323,11 @@ def test_detach_is_refused_while_a_snapshot_holds_the_device(
     group = BlksnapProvider([dev], str(tmp_path), 16 * MiB).open_group()
     try:
         cli("blksnap", "detach", dev).assert_one_line_error(4, "taken snapshot")
-        assert BlockDevice(simulator.env, dev).attached_filter() == "blksnap"  # still tracking
+        assert dev_rdev(dev) in simulator.devices  # still tracking
     finally:
         group.close()
     assert cli("blksnap", "detach", dev).code == 0
+
+
+def dev_rdev(path: str) -> int:
+    return os.stat(path).st_rdev

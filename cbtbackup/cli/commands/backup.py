@@ -52,7 +52,8 @@ def _backup_command(kind: Literal["full", "incr"], doc: str) -> click.Command:
                        "scan: read everything; auto: the first that applies.")
     @click.option("--state-dir", help="Where the tracker keeps its state, if not beside the image.")
     @click.option("--freeze", metavar="MOUNTPOINT",
-                  help="Freeze the file system mounted here (on an attached volume) around the snapshot.")
+                  help="Freeze the file system mounted here around the snapshot (an attached volume, or "
+                       "blksnap: checked; the module freezes file systems on the devices itself).")
     @click.option("--diff-storage", metavar="PATH",
                   help="blksnap: where the module keeps old chunks (a directory, file or device; default /var/tmp).")
     @click.option("--diff-storage-limit", metavar="SIZE",

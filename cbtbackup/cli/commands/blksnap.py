@@ -8,7 +8,8 @@ from typing import Any
 import click
 
 from cbtbackup.cli.app import emit, json_option
-from cbtbackup.engine.blksnap.kernel import BlksnapModule, BlockDevice, current_environment
+from cbtbackup.engine.blksnap.kernel import BlksnapModule, current_environment
+from cbtbackup.engine.blksnap.ownership import owner_of
 from cbtbackup.errors import NotFoundError
 
 
@@ -21,26 +22,37 @@ def blksnap() -> None:
 @click.argument("devices", nargs=-1)
 @json_option
 def status(devices: tuple[str, ...], as_json: bool) -> None:
-    """Module version, snapshots, and for each DEVICE its filter and CBT state."""
+    """Which module build and version, its snapshots, and for each DEVICE its filter and CBT state."""
     env = current_environment()
     module = BlksnapModule.open(env)
     try:
         version = module.version()
-        snapshots = [str(s) for s in module.snapshot_collect()]
+        build = module.build()
+        snapshots: list[dict[str, Any]] = []
+        for snap_id in module.snapshot_collect():
+            owner = owner_of(env.run_dir, snap_id)
+            snapshots.append({"id": str(snap_id), "owner": None if owner is None else {
+                "pid": owner.pid, "devices": list(owner.devices), "running": owner.alive()}})
+        rows: list[dict[str, Any]] = []
+        for path in devices:
+            dev = module.device(path)
+            try:
+                row: dict[str, Any] = {"device": path, "filter": dev.attached_filter()}
+                with contextlib.suppress(NotFoundError):  # no blksnap filter: nothing more to say
+                    row.update(dev.cbt_info().to_dict())
+                rows.append(row)
+            finally:
+                dev.close()
     finally:
         module.close()
-    rows: list[dict[str, Any]] = []
-    for path in devices:
-        dev = BlockDevice(env, path)
-        try:
-            row: dict[str, Any] = {"device": path, "filter": dev.attached_filter()}
-            with contextlib.suppress(NotFoundError):  # no blksnap filter: nothing more to say
-                row.update(dev.cbt_info().to_dict())
-            rows.append(row)
-        finally:
-            dev.close()
-    lines = [f"blksnap {'.'.join(map(str, version))}, {len(snapshots)} snapshot(s)" +
-             (": " + ", ".join(snapshots) if snapshots else "")]
+    build_text = f", build {build[0]!r} flags {build[1]:#x}" if build else ""
+    lines = [f"{module.dialect.name} {'.'.join(map(str, version))}{build_text}, {len(snapshots)} snapshot(s)"]
+    for snap in snapshots:
+        owner = snap["owner"]
+        lines.append(f"  snapshot {snap['id']}: " + (
+            "not cbtbackup's" if owner is None else
+            f"cbtbackup pid {owner['pid']} ({', '.join(owner['devices'])}), " +
+            ("running" if owner["running"] else "killed: the next backup destroys it")))
     for row in rows:
         if "generation_id" in row:
             lines.append(f"{row['device']}: filter {row['filter'] or 'blksnap'}, generation {row['generation_id']}, "
@@ -48,7 +60,9 @@ def status(devices: tuple[str, ...], as_json: bool) -> None:
                          f"{row['block_size']} bytes")
         else:
             lines.append(f"{row['device']}: no blksnap filter attached")
-    emit(as_json, {"version": list(version), "snapshots": snapshots, "devices": rows}, lines)
+    emit(as_json, {"module": module.dialect.name, "version": list(version),
+                   "build": None if build is None else {"name": build[0], "flags": build[1]},
+                   "snapshots": snapshots, "devices": rows}, lines)
 
 
 @blksnap.command()
@@ -56,11 +70,13 @@ def status(devices: tuple[str, ...], as_json: bool) -> None:
 @json_option
 def detach(device: str, as_json: bool) -> None:
     """Detach the blksnap filter from DEVICE: tracking stops and its CBT map is forgotten."""
-    env = current_environment()
-    BlksnapModule.open(env).close()  # a clear message when the module is missing
-    dev = BlockDevice(env, device)
+    module = BlksnapModule.open(current_environment())  # a clear message when the module is missing
     try:
-        dev.detach_filter()
+        dev = module.device(device)
+        try:
+            dev.detach_filter()
+        finally:
+            dev.close()
     finally:
-        dev.close()
+        module.close()
     emit(as_json, {"device": device, "detached": True}, [f"detached the blksnap filter from {device}"])

@@ -1,8 +1,10 @@
 """Talking to the blksnap module: every request of the ABI, with the module's errors made into clear ones.
 
-Everything goes through an :class:`Environment`: the ``ioctl`` function, the control device's path and
-where image devices appear. The real one uses ``fcntl.ioctl``; tests put a simulator of the module
-behind the same call, so the byte layouts and request numbers are exercised for real.
+Everything goes through an :class:`Environment`: the ``ioctl`` function and where the module's devices
+appear. The real one uses ``fcntl.ioctl``; tests put a simulator of the module behind the same call, so the
+byte layouts and request numbers are exercised for real. Which module build is loaded — upstream 2.0 or
+Veeam's standalone 7.x — is found from its devices (:func:`detect_dialect`); what differs between them is
+data in :mod:`abi`.
 """
 
 from __future__ import annotations
@@ -32,10 +34,9 @@ def _fcntl_ioctl(fd: int, request: int, arg: Any) -> int:
 @dataclasses.dataclass(frozen=True)
 class Environment:
     ioctl: IoctlFn = _fcntl_ioctl
-    control_path: str = abi.CONTROL_DEVICE
-    veeam_control_path: str = abi.VEEAM_CONTROL_DEVICE
-    dev_root: str = "/dev"
+    dev_root: str = "/dev"  # control, filter and image devices
     sys_block: str = "/sys/block"
+    run_dir: str = "/run/cbtbackup/blksnap"  # which snapshots cbtbackup runs created (gone at reboot, as they are)
 
 
 DEFAULT_ENVIRONMENT = Environment()
@@ -56,6 +57,30 @@ def use(env: Environment) -> Environment:
 
 class ModuleMissingError(NotFoundError):
     """The blksnap module is not loaded."""
+
+
+def detect_dialect(env: Environment = DEFAULT_ENVIRONMENT) -> abi.Dialect:
+    """The loaded module's dialect, by its devices: ``blksnap-control`` is upstream 2.0, ``veeamblksnap`` with
+    ``bdevfilter`` is Veeam's standalone 7.x."""
+    def present(name: str | None) -> bool:
+        return name is None or os.path.exists(os.path.join(env.dev_root, name))
+
+    for dialect in abi.DIALECTS:
+        if present(dialect.control_device) and present(dialect.filter_device):
+            return dialect
+    if present(abi.STANDALONE.control_device):
+        raise ModuleMissingError(f"the veeamblksnap module is loaded but bdevfilter is not "
+                                 f"({env.dev_root}/bdevfilter is missing): modprobe bdevfilter")
+    raise ModuleMissingError(f"the blksnap module is not loaded (neither {env.dev_root}/blksnap-control nor "
+                             f"{env.dev_root}/veeamblksnap is present)")
+
+
+def module_loaded(env: Environment = DEFAULT_ENVIRONMENT) -> bool:
+    try:
+        detect_dialect(env)
+    except ModuleMissingError:
+        return False
+    return True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,37 +109,45 @@ def _errno_message(e: OSError, what: str, messages: dict[int, str]) -> CbtError:
 class BlksnapModule:
     """The control device: version, snapshots, events. Check :meth:`open` before anything else."""
 
-    def __init__(self, env: Environment, fd: int) -> None:
+    def __init__(self, env: Environment, dialect: abi.Dialect, fd: int) -> None:
         self.env = env
+        self.dialect = dialect
         self.fd = fd
 
     @classmethod
     def open(cls, env: Environment = DEFAULT_ENVIRONMENT) -> BlksnapModule:
         abi.check_architecture()
-        if not os.path.exists(env.control_path):
-            if os.path.exists(env.veeam_control_path):
-                raise UsageError(
-                    f"Veeam's own blksnap module ({env.veeam_control_path}) is loaded; cbtbackup speaks the "
-                    "upstream blksnap ABI 2.0 (/dev/blksnap-control) only"
-                )
-            raise ModuleMissingError(f"the blksnap module is not loaded ({env.control_path} is missing)")
+        dialect = detect_dialect(env)
+        path = os.path.join(env.dev_root, dialect.control_device)
         try:
-            fd = os.open(env.control_path, os.O_RDWR | os.O_CLOEXEC)
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         except OSError as e:
-            raise StorageError(f"cannot open {env.control_path}: {e.strerror}") from e
-        module = cls(env, fd)
+            raise StorageError(f"cannot open {path}: {e.strerror}") from e
+        module = cls(env, dialect, fd)
         try:
             version = module.version()
         except BaseException:
             module.close()
             raise
-        if version[0] != abi.ABI_MAJOR:
+        if version[0] != dialect.version_major:
             module.close()
             raise UsageError(
-                f"the loaded blksnap module speaks ABI {version[0]}.{version[1]}; cbtbackup speaks "
-                f"{abi.ABI_MAJOR}.x only"
+                f"the blksnap module at {path} speaks ABI {version[0]}.{version[1]}; cbtbackup speaks "
+                f"{dialect.version_major}.x there"
             )
         return module
+
+    def device(self, path: str) -> BlockDevice:
+        """``path``'s filter requests, in this module's dialect."""
+        return BlockDevice(self.env, self.dialect, path)
+
+    def build(self) -> tuple[str, int] | None:
+        """(build name, compatibility flags) where the module tells them (7.x: ``standalone``)."""
+        if self.dialect.mod_request is None:
+            return None
+        arg = abi.blksnap_mod()
+        self._call(self.dialect.mod_request, arg, "blksnap build name")
+        return bytes(arg.name).split(b"\0", 1)[0].decode(errors="replace"), arg.compatibility_flags
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -186,17 +219,24 @@ class BlksnapModule:
         if code is abi.BlksnapEvent.CORRUPTED:
             data = abi.blksnap_event_corrupted.from_buffer_copy(bytes(arg.data)[: ctypes.sizeof(
                 abi.blksnap_event_corrupted)])
-            return Event(code, arg.time_label, (data.dev_id_mj, data.dev_id_mn), err_code=data.err_code)
+            # 7.x sends a positive errno, upstream a negative one: keep the magnitude
+            return Event(code, arg.time_label, (data.dev_id_mj, data.dev_id_mn), err_code=abs(data.err_code))
         space = abi.blksnap_event_no_space.from_buffer_copy(bytes(arg.data)[:8])
         return Event(code, arg.time_label, requested_sectors=space.requested_nr_sect)
 
 
 class BlockDevice:
-    """One block device's filter requests (attach, detach, CBT, snapshot membership)."""
+    """One block device's filter requests (attach, detach, CBT, snapshot membership).
 
-    def __init__(self, env: Environment, path: str) -> None:
+    Upstream sends them to the device's own descriptor; the standalone module takes them on its filter device
+    and names the device by a path — ``/proc/self/fd/N`` of the descriptor opened here, so the request
+    reaches exactly the device that was opened and checked, whatever a symlink in /dev points to by then."""
+
+    def __init__(self, env: Environment, dialect: abi.Dialect, path: str) -> None:
         self.env = env
+        self.dialect = dialect
         self.path = path
+        self._filter_fd = -1
         try:
             self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -208,27 +248,46 @@ class BlockDevice:
             os.close(self.fd)
             raise UsageError(f"{path} is not a block device")
         self.rdev = st.st_rdev
+        self._devpath: ctypes.Array[ctypes.c_char] | None = None
+        if dialect.filter_device is None:
+            self._filter_fd = self.fd
+        else:
+            filter_path = os.path.join(env.dev_root, dialect.filter_device)
+            try:
+                self._filter_fd = os.open(filter_path, os.O_RDWR | os.O_CLOEXEC)
+            except OSError as e:
+                os.close(self.fd)
+                raise StorageError(f"cannot open {filter_path}: {e.strerror}") from e
+            self._devpath = ctypes.create_string_buffer(f"/proc/self/fd/{self.fd}".encode())
 
     @property
     def major_minor(self) -> tuple[int, int]:
         return os.major(self.rdev), os.minor(self.rdev)
 
     def close(self) -> None:
+        if self._filter_fd >= 0 and self._filter_fd != self.fd:
+            os.close(self._filter_fd)
+        self._filter_fd = -1
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
 
-    def _ioctl(self, request: int, arg: Any, what: str, messages: dict[int, str]) -> None:
+    def _request(self, request: abi.FilterRequest, **fields: Any) -> ctypes.Structure:
+        """The argument of a filter request: the filter's name, the device where the dialect names it."""
+        if self._devpath is not None:
+            fields["devpath"] = ctypes.addressof(self._devpath)
+        return request.struct(name=abi.filter_name(), **fields)
+
+    def _ioctl(self, request: abi.FilterRequest, arg: ctypes.Structure, what: str, messages: dict[int, str]) -> None:
         try:
-            self.env.ioctl(self.fd, request, arg)
+            self.env.ioctl(self._filter_fd, request.number, arg)
         except OSError as e:
             raise _errno_message(e, f"{what} {self.path}", messages) from None
 
     def attach_filter(self) -> bool:
         """Attach the blksnap filter; False if it was attached already."""
-        arg = abi.blkfilter_attach(abi.filter_name(), 0, 0)
         try:
-            self.env.ioctl(self.fd, abi.BLKFILTER_ATTACH, arg)
+            self.env.ioctl(self._filter_fd, self.dialect.attach.number, self._request(self.dialect.attach))
         except OSError as e:
             if e.errno == errno.EALREADY:
                 return False
@@ -251,12 +310,12 @@ class BlockDevice:
         self._detach()
 
     def _detach(self) -> None:
-        self._ioctl(abi.BLKFILTER_DETACH, abi.blkfilter_detach(abi.filter_name()), "detach the filter from",
+        self._ioctl(self.dialect.detach, self._request(self.dialect.detach), "detach the filter from",
                     {errno.ENOENT: "no blksnap filter is attached"})
 
     def _ctl(self, cmd: abi.BlkfilterCtl, opt: ctypes.Structure, what: str, messages: dict[int, str]) -> None:
-        arg = abi.blkfilter_ctl(abi.filter_name(), int(cmd), ctypes.sizeof(opt), ctypes.addressof(opt))
-        self._ioctl(abi.BLKFILTER_CTL, arg, what, {errno.ENOENT: "no blksnap filter is attached", **messages})
+        arg = self._request(self.dialect.ctl, cmd=int(cmd), optlen=ctypes.sizeof(opt), opt=ctypes.addressof(opt))
+        self._ioctl(self.dialect.ctl, arg, what, {errno.ENOENT: "no blksnap filter is attached", **messages})
 
     def cbt_info(self) -> CbtInfo:
         info = abi.blksnap_cbtinfo()
@@ -298,6 +357,8 @@ class BlockDevice:
 
     def attached_filter(self) -> str | None:
         """The filter /sys/block says is attached, if any (None where sysfs does not say)."""
+        if not self.dialect.sysfs_filter:
+            return None
         name = os.path.basename(os.path.realpath(self.path))
         for candidate in (f"{self.env.sys_block}/{name}/filter",
                           *(str(p) for p in _partition_filter_paths(self.env.sys_block, name))):

@@ -1,13 +1,14 @@
 """Providers: where snapshots and changed blocks come from (userspace engine — direct or through an attach
-daemon — and scan; blksnap later)."""
+daemon —, the blksnap kernel module, and scan)."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from cbtbackup.engine.attach.record import live_record, resolve_source
-from cbtbackup.engine.blksnap.kernel import current_environment
+from cbtbackup.engine.blksnap.kernel import current_environment, module_loaded
 from cbtbackup.engine.blksnap.provider import BlksnapProvider
 from cbtbackup.engine.providers.attached import AttachedProvider
 from cbtbackup.engine.providers.base import BlockReader, CbtState, Provider, SnapshotSession
@@ -27,6 +28,7 @@ def choose_provider(
     freeze: str | None = None,
     diff_storage: str | None = None,
     diff_storage_limit: int | None = None,
+    notice: Callable[[str], None] | None = None,
 ) -> Provider:
     """``auto``: the attach daemon of an attached volume, the engine for a tracked one, the blksnap module
     for a block device on a host that has it, scan otherwise.
@@ -40,19 +42,19 @@ def choose_provider(
     resolved = resolve_source(source, state_dir)
     if name in ("auto", "userspace") and live_record(resolved.state_dir) is not None:
         return AttachedProvider(resolved.image, resolved.state_dir, freeze)
-    if freeze is not None:
-        raise UsageError("--freeze needs a volume attached with 'cbtbackup attach'")
     if name == "auto":
         if is_tracked(source, state_dir):
             name = "userspace"
-        elif Path(source).is_block_device() and os.path.exists(current_environment().control_path):
+        elif Path(source).is_block_device() and module_loaded(current_environment()):
             name = "blksnap"
         else:
             name = "scan"
+    if freeze is not None and name != "blksnap":
+        raise UsageError("--freeze needs a volume attached with 'cbtbackup attach' or the blksnap provider")
     if name == "userspace":
         return UserspaceProvider(source, state_dir=state_dir)
     if name == "blksnap":
-        return BlksnapProvider([str(source)], diff_storage, diff_storage_limit)
+        return BlksnapProvider([str(source)], diff_storage, diff_storage_limit, freeze=freeze, notice=notice)
     return ScanProvider(source)
 
 
