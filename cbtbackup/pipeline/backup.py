@@ -22,7 +22,7 @@ from cbtbackup.errors import CorruptDataError, UsageError
 from cbtbackup.model.extent_map import ZERO_DIGEST, ExtentMap, Piece, overlay
 from cbtbackup.pipeline.chains import candidate_names, chain_for, this_host
 from cbtbackup.pipeline.hooks import Hook, no_hook
-from cbtbackup.pipeline.plan import Extent, aligned_extents, cbt_extents, lost_runs, merge_runs
+from cbtbackup.pipeline.plan import Extent, aligned_extents, cbt_extents, lost_runs, merge_runs, read_spans
 from cbtbackup.pipeline.progress import NullProgress, Progress
 from cbtbackup.pipeline.scan_compare import PreviousImage
 from cbtbackup.pipeline.synthesize import synthesize
@@ -31,6 +31,7 @@ from cbtbackup.repo.locks import HeldLock
 from cbtbackup.repo.manifest import BackupRef, BackupStats, Manifest, check_name
 from cbtbackup.repo.repository import Repository
 
+READ_SPAN = 8 << 20  # consecutive extents are read from the snapshot this many bytes at a time
 SCAN_BLOCK = 64 << 10  # what a scan compares at when nothing tracks the source: blksnap's tracking block
 
 
@@ -343,11 +344,14 @@ def _run_chunks(
     executor = config.make_executor(workers)
     submitter = BoundedSubmitter(executor, config.max_inflight_bytes)
     try:
-        for offset, length in extents:
-            data = session.image.read(offset, length)
-            writer.stats.bytes_scanned += length
-            pieces = previous.pieces(offset, length) if previous else None
-            submitter.submit(length, process, results.plan(offset, length), data, pieces)
+        for span in read_spans(extents, READ_SPAN):
+            start = span[0][0]
+            read = session.image.read(start, span[-1][0] + span[-1][1] - start)
+            for offset, length in span:
+                data = read if len(span) == 1 else read[offset - start: offset - start + length]
+                writer.stats.bytes_scanned += length
+                pieces = previous.pieces(offset, length) if previous else None
+                submitter.submit(length, process, results.plan(offset, length), data, pieces)
         submitter.drain()
     finally:
         executor.shutdown(wait=True, cancel_futures=True)

@@ -36,6 +36,24 @@ def cbt_extents(runs: Iterable[tuple[int, int]], block_size: int, size: int, chu
         yield from split_at_chunks(start, end, chunk_size)
 
 
+def read_spans(extents: Iterable[Extent], span: int) -> Iterator[list[Extent]]:
+    """Consecutive extents grouped into reads of at most ``span`` bytes (one extent alone may be longer).
+
+    A snapshot image costs per request as much as per byte — each read goes through the snapshot's chunk
+    lookups, and a kernel module's image device splits a buffered read into read-ahead-sized requests — so
+    a full reads a few chunks at once rather than one at a time."""
+    group: list[Extent] = []
+    end = total = 0
+    for offset, length in extents:
+        if group and (offset != end or total + length > span):
+            yield group
+            group, total = [], 0
+        group.append((offset, length))
+        end, total = offset + length, total + length
+    if group:
+        yield group
+
+
 def lost_runs(resolved: ExtentMap, lost: set[bytes], block_size: int) -> list[Run]:
     """Block runs covering the pieces of ``resolved`` whose chunks are in ``lost`` (quarantined)."""
     if not lost:

@@ -75,6 +75,7 @@ class SimDevice:
     rdev: int
     volume: TrackedVolume
     snapshot: uuid.UUID | None = None
+    attach_path: str = ""  # 7.x keeps ATTACH's path string and opens it again at every TAKE
 
 
 @dataclasses.dataclass
@@ -232,6 +233,14 @@ class KernelSimulator:
             raise OSError(errno.EFAULT if snap.engine.corrupted else errno.EALREADY, "taken already")
         if not snap.devices:
             raise OSError(errno.ENODEV, "no device in the snapshot")
+        if self.standalone:  # the module opens each device again by the path ATTACH gave, in the taker's context
+            for rdev in snap.devices:
+                kept = self.devices[rdev].attach_path
+                if kept.startswith("/proc/self/"):
+                    raise AssertionError(f"ATTACH gave {kept}: at a later TAKE, from another process, it names "
+                                         "another file (ENOTBLK) or another device")
+                if os.stat(kept).st_rdev != rdev:
+                    raise OSError(errno.ENOTBLK, "the attach path no longer names the device")
         volumes = [self.devices[r].volume for r in snap.devices]
         snap.engine = Snapshot.create(volumes, snap.storage, snap.limit, step=self.step)
         snap.engine.take()
@@ -293,6 +302,7 @@ class KernelSimulator:
             if nr == 140:
                 self._maybe_fail("BLKFILTER_ATTACH")
                 self._attach(rdev, name)
+                self.devices[rdev].attach_path = ctypes.string_at(devpath).decode()
             else:
                 self._maybe_fail("BLKFILTER_DETACH")
                 self._detach(rdev)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import errno
-import fcntl
 import os
 import stat
 import uuid
@@ -26,14 +25,27 @@ from cbtbackup.errors import BusyError, CbtError, NotFoundError, SnapshotFailedE
 IoctlFn = Callable[[int, int, Any], int]
 
 
-def _fcntl_ioctl(fd: int, request: int, arg: Any) -> int:
-    result: int = fcntl.ioctl(fd, request, arg, True)  # the kernel fills ``arg`` in place
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
+_libc.ioctl.restype = ctypes.c_int
+
+
+def _libc_ioctl(fd: int, request: int, arg: Any) -> int:
+    """ioctl(2) on ``arg``'s memory, which the kernel fills in place.
+
+    Not ``fcntl.ioctl``: before Python 3.14 it holds the GIL through the call when the argument is over
+    1 KiB, and WAIT_EVENT's is 4 KiB — every thread of the backup would stop for as long as the wait
+    blocks. A ctypes call releases the GIL."""
+    result: int = _libc.ioctl(fd, request, ctypes.addressof(arg))
+    if result < 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
     return result
 
 
 @dataclasses.dataclass(frozen=True)
 class Environment:
-    ioctl: IoctlFn = _fcntl_ioctl
+    ioctl: IoctlFn = _libc_ioctl
     dev_root: str = "/dev"  # control, filter and image devices
     sys_block: str = "/sys/block"
     run_dir: str = "/run/cbtbackup/blksnap"  # which snapshots cbtbackup runs created (gone at reboot, as they are)
@@ -229,8 +241,11 @@ class BlockDevice:
     """One block device's filter requests (attach, detach, CBT, snapshot membership).
 
     Upstream sends them to the device's own descriptor; the standalone module takes them on its filter device
-    and names the device by a path — ``/proc/self/fd/N`` of the descriptor opened here, so the request
-    reaches exactly the device that was opened and checked, whatever a symlink in /dev points to by then."""
+    and names the device by a path. For CTL and DETACH that is ``/proc/self/fd/N`` of the descriptor opened
+    here, so the request reaches exactly the device that was opened and checked, whatever a symlink in /dev
+    points to by then. ATTACH is different: the module keeps its path string for as long as the filter stays
+    attached and opens it again at every TAKE — from whichever process takes — so ATTACH names the device by
+    its kernel node in /dev (``/dev/loop0``, ``/dev/dm-3``), checked to be this very device."""
 
     def __init__(self, env: Environment, dialect: abi.Dialect, path: str) -> None:
         self.env = env
@@ -272,11 +287,23 @@ class BlockDevice:
             os.close(self.fd)
             self.fd = -1
 
-    def _request(self, request: abi.FilterRequest, **fields: Any) -> ctypes.Structure:
+    def _request(self, request: abi.FilterRequest, devpath: ctypes.Array[ctypes.c_char] | None = None,
+                 **fields: Any) -> ctypes.Structure:
         """The argument of a filter request: the filter's name, the device where the dialect names it."""
         if self._devpath is not None:
-            fields["devpath"] = ctypes.addressof(self._devpath)
+            fields["devpath"] = ctypes.addressof(devpath or self._devpath)
         return request.struct(name=abi.filter_name(), **fields)
+
+    def lasting_path(self) -> str:
+        """A path that names this device for as long as it exists: its kernel node in /dev."""
+        node = os.path.realpath(self.path)
+        try:
+            st = os.stat(node)
+        except OSError:
+            st = None
+        if st is None or not stat.S_ISBLK(st.st_mode) or st.st_rdev != self.rdev:
+            raise UsageError(f"{self.path}: no device node names it lastingly ({node} is not this device)")
+        return node
 
     def _ioctl(self, request: abi.FilterRequest, arg: ctypes.Structure, what: str, messages: dict[int, str]) -> None:
         try:
@@ -286,8 +313,9 @@ class BlockDevice:
 
     def attach_filter(self) -> bool:
         """Attach the blksnap filter; False if it was attached already."""
+        lasting = ctypes.create_string_buffer(os.fsencode(self.lasting_path()))
         try:
-            self.env.ioctl(self._filter_fd, self.dialect.attach.number, self._request(self.dialect.attach))
+            self.env.ioctl(self._filter_fd, self.dialect.attach.number, self._request(self.dialect.attach, lasting))
         except OSError as e:
             if e.errno == errno.EALREADY:
                 return False
