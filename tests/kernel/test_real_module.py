@@ -14,6 +14,7 @@ from cbtbackup.cli import main
 from cbtbackup.engine.blksnap import abi
 from cbtbackup.engine.blksnap.kernel import BlksnapModule
 from cbtbackup.engine.providers import BlksnapProvider
+from cbtbackup.engine.providers.scan import FileReader
 from cbtbackup.errors import SnapshotFailedError
 from cbtbackup.pipeline.backup import BackupOptions, run_backup
 from cbtbackup.repo.location import open_repository
@@ -168,33 +169,32 @@ def test_overflow_fails_before_commit_and_the_device_loses_nothing(
     assert out.read_bytes() == new
 
 
-def wait_for_a_taken_snapshot(module: BlksnapModule, device: str, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    dev = module.device(device)
-    try:
-        while time.monotonic() < deadline:
-            if module.snapshot_collect():
-                try:
-                    if dev.snapshot_info()[1]:
-                        return
-                except Exception:
-                    pass  # added, not taken yet
-            time.sleep(0.2)
-    finally:
-        dev.close()
-    raise AssertionError("the backup never took its snapshot")
-
-
-def backup_in_a_child(args: list[str]) -> int:
-    """The CLI in a forked copy of this process (a new interpreter would cost 15-25 s here)."""
+def backup_in_a_child(args: list[str], reading: Path) -> int:
+    """The CLI in a forked copy of this process (a new interpreter would cost 15-25 s here), slowed down
+    once it reads the snapshot image — it creates ``reading`` then — so that it can be killed mid-read."""
     pid = os.fork()
     if pid == 0:
         code = 70
         try:
+            original = FileReader.read
+
+            def slow_read(self: FileReader, offset: int, length: int) -> bytes:
+                reading.touch()
+                time.sleep(0.5)
+                return original(self, offset, length)
+
+            FileReader.read = slow_read  # type: ignore[method-assign]
             code = main(args)
         finally:
             os._exit(code)
     return pid
+
+
+def wait_for(path: Path, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, "the backup never started reading"
+        time.sleep(0.1)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
@@ -203,9 +203,10 @@ def test_a_killed_backup_leaves_no_snapshot_behind(
     sig: signal.Signals,
 ) -> None:
     dev = make_device()
-    pid = backup_in_a_child(["full", "-r", str(repo), dev, *blksnap_args(storage)])
-    wait_for_a_taken_snapshot(real_module, dev)
-    time.sleep(1.0)  # reading the image
+    reading = scratch / "reading"
+    pid = backup_in_a_child(["full", "-r", str(repo), dev, *blksnap_args(storage)], reading)
+    wait_for(reading)
+    assert len(real_module.snapshot_collect()) == 1
     os.kill(pid, sig)
     _, status = os.waitpid(pid, 0)
     if sig == signal.SIGTERM:
