@@ -273,3 +273,25 @@ def test_the_changes_number_wraps_at_255_into_a_scan(
     assert after.json["method"] == "scan" and "did not advance" in after.err
     write_device(dev, 16384, b"z" * 4096)
     assert cli("incr", "-r", repo, dev, *blksnap_args(storage)).json["method"] == "cbt"
+
+
+@pytest.mark.parametrize("kind", ["file", "block device"])
+def test_difference_storage_in_a_file_or_on_a_block_device(
+    cli: RunCli, repo: Path, make_device: MakeDevice, scratch: Path, kind: str
+) -> None:
+    dev = make_device(4 * MiB)
+    if kind == "file":
+        storage = scratch / "storage.file"
+        storage.write_bytes(b"")
+    else:
+        storage = Path(make_device(16 * MiB))
+    args = ("--provider", "blksnap", "--diff-storage", str(storage), "--diff-storage-limit", "16MiB", "--json")
+    full = cli("full", "-r", repo, dev, *args)
+    assert full.code == 0, full.err
+    write_device(dev, MiB, os.urandom(300_000))
+    incr = cli("incr", "-r", repo, dev, *args)
+    assert incr.code == 0, incr.err
+    assert incr.json["method"] == "cbt"
+    out = scratch / "out.img"
+    assert cli("restore", "-r", repo, incr.json["id"], out).code == 0
+    assert out.read_bytes() == read_device(dev)

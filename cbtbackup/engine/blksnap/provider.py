@@ -175,7 +175,8 @@ class BlksnapSession(SnapshotSession):
             raise SnapshotFailedError(f"the snapshot of {device.path} is corrupted: {os.strerror(-error_code)}")
         info = device.cbt_info()
         self.cbt: CbtState | None = CbtState(info, device.cbt_map(info.block_count))
-        self._reader = _ImageReader(Path(group.env.dev_root) / image_name, group)
+        self.image_path = Path(group.env.dev_root) / image_name
+        self._reader = _ImageReader(self.image_path, group)
         self.image = self._reader
 
     def check_intact(self) -> None:
