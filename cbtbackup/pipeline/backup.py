@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from cbtbackup.engine.cbt import changed_runs, plan_incremental
-from cbtbackup.engine.providers import BlksnapProvider, SnapshotSession, choose_provider
+from cbtbackup.engine.providers import BlksnapProvider, QemuProvider, SnapshotSession, choose_provider
 from cbtbackup.errors import CorruptDataError, UsageError
+from cbtbackup.model.checkpoint import CbtCheckpoint
 from cbtbackup.model.extent_map import ZERO_DIGEST, ExtentMap, Piece, overlay
 from cbtbackup.pipeline.chains import candidate_names, chain_for, this_host
 from cbtbackup.pipeline.hooks import Hook, no_hook
@@ -52,6 +53,8 @@ class BackupOptions:
     rename_source: bool = False  # allow --name's chain to hold backups of another source path
     wait_lock: float = 0.0  # seconds to wait for another writer of the chain (or a prune) to finish
     synthetic_full_every: int = 0  # after an incremental, synthesize a full once the chain has this many
+    qmp: str | None = None  # qemu: a running VM's QMP socket ...
+    device: str | None = None  # ... and the node or drive name of the disk in it
 
 
 @dataclasses.dataclass
@@ -91,16 +94,29 @@ def run_backup(
     progress = progress or NullProgress()
     provider = choose_provider(options.source, options.provider, state_dir=options.state_dir, freeze=options.freeze,
                                diff_storage=options.diff_storage, diff_storage_limit=options.diff_storage_limit,
-                               notice=progress.notice)
+                               notice=progress.notice, qmp=options.qmp, device=options.device)
     explicit = check_name(options.name) if options.name else None
     with _chain_lock(repo, options, candidate_names(provider.source, explicit), progress) as lock:
         name = chain_for(repo, provider.source, explicit, options.rename_source)
+        if isinstance(provider, QemuProvider):  # which of its bitmaps hold the writes since, it decides itself
+            parent = repo.latest(name) if options.kind == "incr" else None
+            provider.since = _checkpoint_of(repo, parent, provider.source)
         with provider.open_snapshot() as session:
             hook("snapshot-taken")
             result = backup_session(repo, session, options.kind, name, progress, config, _checked(lock, hook))
         if options.kind == "incr" and options.synthetic_full_every > 0:
             _maybe_synthesize(repo, result, options.synthetic_full_every, progress)
         return result
+
+
+def _checkpoint_of(repo: Repository, parent: BackupRef | None, source: str) -> CbtCheckpoint | None:
+    if parent is None:
+        return None
+    try:
+        manifest = repo.load_manifest(parent)
+    except CorruptDataError:
+        return None  # the backup then starts anew, and says why
+    return manifest.cbt if manifest.source == source else None
 
 
 def _chain_lock(repo: Repository, options: BackupOptions, names: list[str], progress: Progress) -> HeldLock:
@@ -221,6 +237,7 @@ def backup_session(
     )
     hook("before-commit")
     repo.save_manifest(manifest)
+    session.committed()
     return BackupResult(manifest, notes)
 
 

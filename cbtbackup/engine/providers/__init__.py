@@ -1,5 +1,5 @@
 """Providers: where snapshots and changed blocks come from (userspace engine — direct or through an attach
-daemon —, the blksnap kernel module, and scan)."""
+daemon —, the blksnap kernel module, QEMU's dirty bitmaps, and scan)."""
 
 from __future__ import annotations
 
@@ -14,10 +14,11 @@ from cbtbackup.engine.providers.attached import AttachedProvider
 from cbtbackup.engine.providers.base import BlockReader, CbtState, Provider, SnapshotSession
 from cbtbackup.engine.providers.scan import ScanProvider
 from cbtbackup.engine.providers.userspace import UserspaceProvider
+from cbtbackup.engine.qemu.provider import QemuProvider, is_qcow2
 from cbtbackup.engine.volume import is_tracked
 from cbtbackup.errors import NotFoundError, UsageError
 
-PROVIDERS = ("auto", "userspace", "blksnap", "scan")
+PROVIDERS = ("auto", "userspace", "blksnap", "qemu", "scan")
 
 
 def choose_provider(
@@ -29,9 +30,11 @@ def choose_provider(
     diff_storage: str | None = None,
     diff_storage_limit: int | None = None,
     notice: Callable[[str], None] | None = None,
+    qmp: str | None = None,
+    device: str | None = None,
 ) -> Provider:
-    """``auto``: the attach daemon of an attached volume, the engine for a tracked one, the blksnap module
-    for a block device on a host that has it, scan otherwise.
+    """``auto``: the attach daemon of an attached volume, the engine for a tracked one, QEMU for a qcow2
+    image (or with ``qmp``), the blksnap module for a block device on a host that has it, scan otherwise.
 
     ``source`` may be the image or the loop device an attach set up on it.
     """
@@ -43,7 +46,9 @@ def choose_provider(
     if name in ("auto", "userspace") and live_record(resolved.state_dir) is not None:
         return AttachedProvider(resolved.image, resolved.state_dir, freeze)
     if name == "auto":
-        if is_tracked(source, state_dir):
+        if qmp is not None or is_qcow2(source):
+            name = "qemu"
+        elif is_tracked(source, state_dir):
             name = "userspace"
         elif Path(source).is_block_device() and module_loaded(current_environment()):
             name = "blksnap"
@@ -51,6 +56,10 @@ def choose_provider(
             name = "scan"
     if freeze is not None and name != "blksnap":
         raise UsageError("--freeze needs a volume attached with 'cbtbackup attach' or the blksnap provider")
+    if (qmp is not None or device is not None) and name != "qemu":
+        raise UsageError("--qmp and --device are for the qemu provider")
+    if name == "qemu":
+        return QemuProvider(str(source), qmp, device, notice=notice)
     if name == "userspace":
         return UserspaceProvider(source, state_dir=state_dir)
     if name == "blksnap":
@@ -65,6 +74,7 @@ __all__ = [
     "BlockReader",
     "CbtState",
     "Provider",
+    "QemuProvider",
     "ScanProvider",
     "SnapshotSession",
     "UserspaceProvider",

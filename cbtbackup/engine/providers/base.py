@@ -37,7 +37,7 @@ class SnapshotSession(abc.ABC):
     """One taken snapshot of one source; closing it destroys the snapshot."""
 
     source: str  # a stable identity of the source: its absolute path
-    provider: str  # "userspace", "blksnap" or "scan"
+    provider: str  # "userspace", "blksnap", "qemu" or "scan"
     image: BlockReader
     cbt: CbtState | None  # None where nothing tracks changes
 
@@ -46,6 +46,9 @@ class SnapshotSession(abc.ABC):
 
     def check_intact(self) -> None:  # noqa: B027 - sources without a snapshot have nothing to lose
         """Raise if the snapshot lost data since the take (call after reading, before committing)."""
+
+    def committed(self) -> None:  # noqa: B027 - most providers keep nothing per backup
+        """The backup of this snapshot is in the repository (a provider may now drop older tracking state)."""
 
     def __enter__(self) -> Self:
         return self

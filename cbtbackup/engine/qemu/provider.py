@@ -1,0 +1,199 @@
+"""VM disks through QEMU: a point-in-time NBD export of a qcow2 image and the changes its dirty bitmaps saw.
+
+Two ways in, one flow: an image no VM uses is opened by a ``qemu-storage-daemon`` cbtbackup starts; a
+running VM's disk is reached through the QMP socket the user names (``--qmp``, ``--device``). Either way:
+tear down what a killed run left, decide from cbtbackup's bitmaps whether the writes since the previous
+backup are known (:mod:`bitmaps`), start the point-in-time export with the new bitmap (:mod:`fleecing`),
+read the CBT map from the frozen bitmaps and the zero ranges from ``base:allocation`` over NBD, and after
+the backup is committed remove the bitmaps it no longer needs.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cbtbackup.engine.cbt import CbtInfo
+from cbtbackup.engine.errors import OutOfRangeError
+from cbtbackup.engine.providers.base import CbtState, SnapshotSession
+from cbtbackup.engine.qemu import bitmaps, fleecing
+from cbtbackup.engine.qemu.nbd_client import NbdClient, dirty_bitmap_context
+from cbtbackup.engine.qemu.qmp import Qmp
+from cbtbackup.engine.qemu.storage_daemon import NODE, StorageDaemon
+from cbtbackup.errors import CbtError, UsageError
+from cbtbackup.model.checkpoint import CbtCheckpoint
+
+Notice = Callable[[str], None]
+DIRTY = 1  # qemu:dirty-bitmap extent flag
+
+
+class NbdImage:
+    """The export as the backup reads it: zero ranges from ``base:allocation`` come from memory, the rest
+    over NBD."""
+
+    def __init__(self, client: NbdClient) -> None:
+        self.client = client
+        self.size = client.size
+        zeros = client.zero_extents()
+        self._starts = [offset for offset, _ in zeros]
+        self._zeros = zeros
+
+    def read(self, offset: int, length: int) -> bytes:
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise OutOfRangeError(f"read of {length} bytes at {offset} is outside the export")
+        out = bytearray()
+        position, end = offset, offset + length
+        i = max(0, bisect.bisect_right(self._starts, position) - 1)
+        while position < end:
+            zero_start, zero_length = self._zeros[i] if i < len(self._zeros) else (end, 0)
+            if zero_start + zero_length <= position:
+                i += 1
+                continue
+            if zero_start <= position:  # inside a zero range
+                stop = min(end, zero_start + zero_length)
+                out += bytes(stop - position)
+            else:
+                stop = min(end, zero_start)
+                out += self.client.read(position, stop - position)
+            position = stop
+        return bytes(out)
+
+
+class QemuSession(SnapshotSession):
+    provider = "qemu"
+
+    def __init__(self, provider: QemuProvider) -> None:
+        self.source = provider.source
+        self._notice = provider.notice
+        self._committed = False
+        self._workdir = Path(tempfile.mkdtemp(prefix="cbtbackup-qemu-", dir=provider.work_root))
+        self._daemon: StorageDaemon | None = None
+        self._export: fleecing.PointInTimeExport | None = None
+        self._client: NbdClient | None = None
+        try:
+            if provider.qmp_path is None:
+                self._daemon = StorageDaemon(Path(provider.source), self._workdir)
+                self.qmp, self.node = self._daemon.qmp, NODE
+            else:
+                self.qmp = Qmp(provider.qmp_path)
+                self.node = self._resolve_node(provider)
+            self._take(provider)
+        except BaseException:
+            self.close()
+            raise
+
+    def _resolve_node(self, provider: QemuProvider) -> str:
+        assert provider.device is not None
+        node = self.qmp.node(provider.device)
+        files = {os.path.realpath(f) for f in _filenames(node)}
+        if os.path.realpath(provider.source) not in files:
+            raise UsageError(f"QEMU's {provider.device} is {', '.join(sorted(files)) or 'not a file'}, not "
+                             f"{provider.source}")
+        name: str = node["node-name"]
+        return name
+
+    def _take(self, provider: QemuProvider) -> None:
+        removed = fleecing.remove_leftovers(self.qmp, self.node)
+        if removed:
+            provider.notice(f"removed what a killed backup left in QEMU: {', '.join(removed)}")
+        node = self.qmp.node(self.node)
+        size = int(node["image"]["virtual-size"])
+        plan = bitmaps.plan_chain(bitmaps.ours(node), provider.since, self.node)
+        self.new_bitmap = bitmaps.bitmap_name(plan.generation, plan.number)
+        frozen = [b.name for b in plan.since]
+        self._export = fleecing.PointInTimeExport(self.qmp, self.node, size, self._workdir, self.new_bitmap,
+                                                  frozen)
+        self._client = NbdClient(str(self._export.socket), self._export.export, tuple(frozen))
+        self.image = NbdImage(self._client)
+        block = bitmaps.GRANULARITY
+        count = -(-size // block)
+        cbt_map = bytearray(count)
+        for name in frozen:
+            for extent in self._client.block_status(dirty_bitmap_context(name)):
+                if extent.flags & DIRTY:
+                    first, last = extent.offset // block, -(-(extent.offset + extent.length) // block)
+                    cbt_map[first:last] = bytes([plan.number]) * (last - first)
+        self.cbt = CbtState(CbtInfo(size, block, count, plan.generation, plan.number), bytes(cbt_map),
+                            plan.reset_reason)
+
+    @property
+    def nbd_bytes_read(self) -> int:
+        return self._client.bytes_read if self._client is not None else 0
+
+    def committed(self) -> None:
+        """The backup that recorded the new bitmap is in the repository: the older ones are not needed (they
+        are removed once the export that publishes them is gone)."""
+        self._committed = True
+
+    def _remove_stale_bitmaps(self) -> None:
+        try:
+            stale = [b.name for b in bitmaps.ours(self.qmp.node(self.node)) if b.name != self.new_bitmap]
+            if stale:
+                self.qmp.transaction([{"type": "block-dirty-bitmap-remove",
+                                       "data": {"node": self.node, "name": name}} for name in stale])
+        except CbtError as e:  # the backup is in; the next one removes them
+            self._notice(f"older dirty bitmaps stay on {self.node} until the next backup: {e}")
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        if self._export is not None:
+            self._export.close()
+            self._export = None
+        if self._committed:
+            self._remove_stale_bitmaps()
+        if self._daemon is not None:
+            self._daemon.stop()
+            self._daemon = None
+        elif hasattr(self, "qmp"):
+            self.qmp.close()
+        shutil.rmtree(self._workdir, ignore_errors=True)
+
+
+def _filenames(node: dict[str, Any]) -> list[str]:
+    """The file names a node's image chain names (the top image's first)."""
+    names = []
+    image = node.get("image")
+    while image:
+        if "filename" in image:
+            names.append(image["filename"])
+        image = image.get("backing-image")
+    if "file" in node:
+        names.append(node["file"])
+    return names
+
+
+class QemuProvider:
+    """A qcow2 image: offline (``qmp_path`` None) or the disk ``device`` of the VM at ``qmp_path``."""
+
+    name = "qemu"
+
+    def __init__(self, source: str, qmp_path: str | None = None, device: str | None = None,
+                 work_root: str | None = None, notice: Notice | None = None) -> None:
+        if (qmp_path is None) != (device is None):
+            raise UsageError("--qmp and --device go together: the VM's QMP socket and its disk's node name")
+        self.source = str(Path(source).absolute())
+        self.qmp_path = qmp_path
+        self.device = device
+        self.work_root = work_root or os.environ.get("CBTBACKUP_QEMU_WORKDIR") or "/var/tmp"
+        self.notice: Notice = notice or (lambda _: None)
+        self.since: CbtCheckpoint | None = None  # the chain's previous checkpoint, set before open_snapshot
+
+    def open_snapshot(self) -> QemuSession:
+        return QemuSession(self)
+
+
+def is_qcow2(path: str | os.PathLike[str]) -> bool:
+    with contextlib.suppress(OSError), open(path, "rb") as f:
+        return f.read(4) == b"QFI\xfb"
+    return False
+
+
+__all__ = ["NbdImage", "QemuProvider", "QemuSession", "is_qcow2"]
