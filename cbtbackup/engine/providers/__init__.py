@@ -14,7 +14,7 @@ from cbtbackup.engine.providers.attached import AttachedProvider
 from cbtbackup.engine.providers.base import BlockReader, CbtState, Provider, SnapshotSession
 from cbtbackup.engine.providers.scan import ScanProvider
 from cbtbackup.engine.providers.userspace import UserspaceProvider
-from cbtbackup.engine.qemu.provider import QemuProvider, is_qcow2
+from cbtbackup.engine.qemu.provider import QemuProvider, QemuSession, is_qcow2
 from cbtbackup.engine.volume import is_tracked
 from cbtbackup.errors import NotFoundError, UsageError
 
@@ -75,6 +75,7 @@ __all__ = [
     "CbtState",
     "Provider",
     "QemuProvider",
+    "QemuSession",
     "ScanProvider",
     "SnapshotSession",
     "UserspaceProvider",

@@ -3,30 +3,47 @@
 from __future__ import annotations
 
 import contextlib
+import select
+import socket
 from typing import Any
 
 from qemu.qmp import ExecuteError
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
-from cbtbackup.errors import NotFoundError, StorageError, UsageError
+from cbtbackup.errors import BusyError, NotFoundError, StorageError, UsageError
 
 
 class QemuError(StorageError):
     """QEMU refused a command."""
 
 
+GREETING_TIMEOUT = 10.0
+
+
 class Qmp:
     def __init__(self, path: str) -> None:
         self.path = path
-        self._monitor = QEMUMonitorProtocol(path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(path)
+            # A QMP monitor serves one client at a time: a second one hears nothing (or is hung up on). Wait
+            # for the greeting here, with a limit, rather than in the library, which would wait forever.
+            ready = select.select([sock], [], [], GREETING_TIMEOUT)[0]
+            if not ready or not sock.recv(1, socket.MSG_PEEK):
+                raise BusyError(f"QMP socket {path}: QEMU sent no greeting; another client (libvirt?) holds this "
+                                "monitor: give the VM a QMP socket of its own for cbtbackup (docs/qemu.md)")
+        except OSError as e:
+            sock.close()
+            raise NotFoundError(f"QMP socket {path}: {e.strerror or e}") from None
+        except BaseException:
+            sock.close()
+            raise
+        self._monitor = QEMUMonitorProtocol(sock)
         try:
             self._monitor.connect(negotiate=True)
-        except OSError as e:
-            raise NotFoundError(f"QMP socket {path}: {getattr(e, 'strerror', None) or e}") from None
-        except Exception as e:  # the library wraps connection failures in its own errors
-            cause = e.__cause__ if isinstance(e.__cause__, OSError) else None
-            reason = cause.strerror if cause is not None and cause.strerror else str(e) or type(e).__name__
-            raise NotFoundError(f"QMP socket {path}: {reason}") from None
+        except Exception as e:  # the library wraps failures in its own errors
+            sock.close()
+            raise StorageError(f"QMP socket {path}: {e or type(e).__name__}") from None
 
     def run(self, command: str, **arguments: Any) -> Any:
         try:

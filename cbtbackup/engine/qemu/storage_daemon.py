@@ -66,12 +66,13 @@ class StorageDaemon:
 
     def _failure(self) -> Exception:
         self._log.seek(0)
-        text = self._log.read().decode(errors="replace").strip().splitlines()
-        message = text[-1].split(": ", 1)[-1] if text else f"exit {self._proc.returncode}"
-        if "lock" in message:
+        output = self._log.read().decode(errors="replace").strip()
+        lines = output.splitlines()
+        message = lines[-1].split(": ", 1)[-1] if lines else f"exit {self._proc.returncode}"
+        if "lock" in output:
             return BusyError(f"{self.image} is in use (a running VM?): back it up through that VM's QMP socket "
                              f"with --qmp and --device ({message})")
-        if "qcow2" in message.lower() or "Image is not in" in message:
+        if "Image is not in qcow2 format" in output:
             return UsageError(f"{self.image} is not a qcow2 image ({message})")
         return StorageError(f"qemu-storage-daemon cannot open {self.image}: {message}")
 
