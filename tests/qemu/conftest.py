@@ -65,8 +65,9 @@ def nbd_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 
 class Vm:
-    """qemu-system-x86_64 with no guest: one qcow2 disk, drive ``drive0`` on node ``disk0``; two QMP monitors, as a VM run by
-    libvirt needs (one for the test, which holds it as libvirt holds its own, one for cbtbackup)."""
+    """qemu-system-x86_64 with no guest: one qcow2 disk, drive ``drive0`` on node ``disk0``; two QMP monitors,
+    as a VM run by libvirt needs (one for the test, which holds it as libvirt holds its own; one for
+    cbtbackup)."""
 
     def __init__(self, disk: Disk, workdir: Path) -> None:
         self.disk = disk

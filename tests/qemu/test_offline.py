@@ -98,3 +98,37 @@ def test_a_full_starts_a_new_chain_and_drops_the_old_bitmaps(cli: RunCli, repo: 
     assert cli("full", "-r", repo, disk.path).code == 0
     second = bitmaps_of(disk.path)
     assert len(second) == 1 and second != first
+
+
+def test_restores_to_a_new_qcow2_and_onto_the_original_image(
+    cli: RunCli, repo: Path, disk: Disk, tmp_path: Path
+) -> None:
+    full = cli("full", "-r", repo, disk.path, "--json")
+    at_full = bytes(disk.model)
+    fresh = tmp_path / "fresh.qcow2"
+    assert cli("restore", "-r", repo, full.json["id"], fresh, "--format", "qcow2").code == 0
+    assert subprocess.run(["qemu-img", "compare", str(fresh), str(disk.path)], capture_output=True).returncode == 0
+    assert subprocess.run(["qemu-img", "info", str(fresh)], capture_output=True, text=True).stdout.count("qcow2")
+    disk.write(7 * MiB, 64 * KiB, 0x99)  # the VM changes its disk; then the user rolls it back
+    cli("restore", "-r", repo, full.json["id"], disk.path, "--force").assert_one_line_error(
+        2, "is a qcow2 image", "--format qcow2")
+    rolled = cli("restore", "-r", repo, full.json["id"], disk.path, "--format", "qcow2", "--force")
+    assert rolled.code == 0, rolled.err
+    disk.model[:] = at_full
+    assert restored(cli, repo, full.json["id"], tmp_path / "check.raw") == at_full
+    raw = tmp_path / "now.raw"
+    subprocess.run(["qemu-img", "convert", "-O", "raw", str(disk.path), str(raw)], check=True)
+    assert raw.read_bytes() == at_full
+    incr = cli("incr", "-r", repo, disk.path, "--json")  # the bitmap saw the restore's writes
+    assert incr.code == 0 and incr.json["method"] == "cbt"
+    assert restored(cli, repo, incr.json["id"], tmp_path / "out.raw") == at_full
+
+
+def test_a_restore_onto_an_image_a_vm_runs_is_refused(cli: RunCli, repo: Path, disk: Disk, tmp_path: Path) -> None:
+    full = cli("full", "-r", repo, disk.path, "--json")
+    machine = Vm(disk, tmp_path)
+    try:
+        cli("restore", "-r", repo, full.json["id"], disk.path, "--format", "qcow2", "--force").assert_one_line_error(
+            4, "is in use")
+    finally:
+        machine.stop()

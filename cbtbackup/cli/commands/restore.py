@@ -7,10 +7,13 @@ import click
 from cbtbackup.cli.app import emit, json_option, repo_option
 from cbtbackup.cli.progress_bar import make_progress
 from cbtbackup.cli.repository_access import open_repo
+from cbtbackup.engine.qemu.provider import is_qcow2
+from cbtbackup.errors import UsageError
 from cbtbackup.model.durations import parse_when
 from cbtbackup.model.sizes import format_size
 from cbtbackup.pipeline.diff import run_diff
 from cbtbackup.pipeline.restore import STDOUT, RestoreOptions, run_restore
+from cbtbackup.pipeline.restore_qcow2 import run_restore_qcow2
 
 
 @click.command()
@@ -20,21 +23,30 @@ from cbtbackup.pipeline.restore import STDOUT, RestoreOptions, run_restore
 @click.option("--force", is_flag=True, help="Overwrite an existing file or block device (at least as large).")
 @click.option("--onto-existing", is_flag=True,
               help="TARGET is a stale copy of the same device: write only the blocks that differ.")
+@click.option("--format", "image_format", type=click.Choice(["raw", "qcow2"]), default="raw", show_default=True,
+              help="qcow2: a new qcow2 image, or with --force written into the qcow2 image TARGET (qemu-img).")
 @click.option("--at", "at", metavar="TIME",
               help="BACKUP names a chain (NAME, or latest): take its newest backup at or before TIME "
                    "('2026-11-20 13:00', local time; a trailing Z for UTC).")
 @json_option
 def restore(repo: str, endpoint_url: str | None, backup: str, target: str, force: bool, onto_existing: bool,
-            at: str | None, as_json: bool) -> None:
+            image_format: str, at: str | None, as_json: bool) -> None:
     """Restore BACKUP (an id, a unique id prefix, latest, NAME@latest or NAME@latest~N) to TARGET, a file
     or block device, or - for standard output."""
     repository = open_repo(repo, endpoint_url)
     options = RestoreOptions(backup, target, force, onto_existing, parse_when(at) if at else None)
-    result = run_restore(repository, options, make_progress())
+    if image_format == "qcow2":
+        if target == STDOUT:
+            raise UsageError("--format qcow2 writes a file, not standard output")
+        result = run_restore_qcow2(repository, options, make_progress())
+    else:
+        if (force or onto_existing) and target != STDOUT and is_qcow2(target):
+            raise UsageError(f"{target} is a qcow2 image: add --format qcow2 to write the backup into it")
+        result = run_restore(repository, options, make_progress())
     m = result.manifest
     line = (f"restored {m.ref.id} ({m.ref.name}) to {'standard output' if target == STDOUT else target}: "
             f"{format_size(m.device_size)}, {result.chunks_fetched} chunks in {result.duration_s:.2f} s")
-    if onto_existing:
+    if onto_existing and image_format == "raw":
         line += (f"; read {format_size(result.bytes_read)} of the target, wrote {format_size(result.bytes_written)}")
     emit(as_json, result.to_json(), [line], err=target == STDOUT)  # the image owns standard output
 
