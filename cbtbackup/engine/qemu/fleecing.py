@@ -29,29 +29,35 @@ def names(node: str) -> tuple[str, str, str]:
 
 
 class PointInTimeExport:
-    def __init__(self, qmp: Qmp, node: str, size: int, workdir: Path, new_bitmap: str, frozen: list[str]) -> None:
+    def __init__(self, qmp: Qmp, node: str, size: int, workdir: Path, new_bitmap: str, frozen: list[str],
+                 fleece: bool = True) -> None:
+        """``fleece`` False: nothing else can write the node (a storage daemon cbtbackup holds the image lock
+        of), so the node itself is exported and no overlay is needed."""
         self.qmp, self.node = qmp, node
         self.overlay_node, self.job, self.export = names(node)
         self.socket = workdir / "nbd.sock"
         self._overlay = workdir / "fleece.qcow2"
         self._steps: list[tuple[str, dict[str, Any]]] = []  # undo, in reverse
         try:
-            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(self._overlay), str(size)], check=True,
-                           capture_output=True)
-            qmp.run("blockdev-add", driver="qcow2", **{"node-name": self.overlay_node, "backing": node,
-                                                      "file": {"driver": "file", "filename": str(self._overlay)}})
-            self._steps.append(("blockdev-del", {"node-name": self.overlay_node}))
             actions: list[dict[str, Any]] = [{"type": "block-dirty-bitmap-add", "data": {
                 "node": node, "name": new_bitmap, "persistent": True, "granularity": GRANULARITY}}]
             actions += [{"type": "block-dirty-bitmap-disable", "data": {"node": node, "name": name}}
                         for name in frozen]
-            actions.append({"type": "blockdev-backup", "data": {
-                "device": node, "target": self.overlay_node, "sync": "none", "job-id": self.job}})
+            if fleece:
+                subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(self._overlay), str(size)],
+                               check=True, capture_output=True)
+                qmp.run("blockdev-add", driver="qcow2", **{"node-name": self.overlay_node, "backing": node,
+                                                          "file": {"driver": "file", "filename": str(self._overlay)}})
+                self._steps.append(("blockdev-del", {"node-name": self.overlay_node}))
+                actions.append({"type": "blockdev-backup", "data": {
+                    "device": node, "target": self.overlay_node, "sync": "none", "job-id": self.job}})
             qmp.transaction(actions)
-            self._steps.append(("block-job-cancel", {"device": self.job, "force": True}))
+            if fleece:
+                self._steps.append(("block-job-cancel", {"device": self.job, "force": True}))
             self._start_nbd_server()
             qmp.run("block-export-add", type="nbd", id=self.export, **{
-                "node-name": self.overlay_node, "name": self.export, "writable": False, "bitmaps": frozen})
+                "node-name": self.overlay_node if fleece else node, "name": self.export, "writable": False,
+                "bitmaps": frozen})
             self._steps.append(("block-export-del", {"id": self.export, "mode": "hard"}))
         except BaseException:
             self.close()

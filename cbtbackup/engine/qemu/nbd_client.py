@@ -87,14 +87,16 @@ class NbdClient:
 
     def _recv(self, n: int) -> bytes:
         buf = bytearray(n)
-        view = memoryview(buf)
+        self._recv_into(memoryview(buf))
+        return bytes(buf)
+
+    def _recv_into(self, view: memoryview) -> None:
         got = 0
-        while got < n:
-            count = self.sock.recv_into(view[got:], n - got)
+        while got < len(view):
+            count = self.sock.recv_into(view[got:])
             if count == 0:
                 raise NbdError("the NBD server closed the connection")
             got += count
-        return bytes(buf)
 
     def _option(self, option: int, data: bytes) -> None:
         self.sock.sendall(struct.pack(">QII", IHAVEOPT, option, len(data)) + data)
@@ -162,22 +164,36 @@ class NbdClient:
 
     # -- commands --------------------------------------------------------------------------------------------
 
-    def read(self, offset: int, length: int) -> bytes:
+    def read(self, offset: int, length: int) -> bytearray:
+        """The bytes at [offset, offset + length); data chunks are received straight into place."""
         out = bytearray(length)
+        view = memoryview(out)
         position = offset
         while position < offset + length:
             size = min(MAX_READ, offset + length - position)
             handle = self._request(CMD_READ, position, size)
             self.reads += 1
-            for kind, payload in self._replies(handle):
-                at = struct.unpack(">Q", payload[:8])[0] - offset
+            while True:
+                magic, flags, kind, got, chunk = struct.unpack(">IHHQI", self._recv(20))
+                if magic != STRUCTURED_REPLY_MAGIC or got != handle:
+                    raise NbdError(f"bad reply (magic {magic:#x}, handle {got}, expected {handle})")
                 if kind == REPLY_TYPE_OFFSET_DATA:
-                    out[at: at + len(payload) - 8] = payload[8:]
-                    self.bytes_read += len(payload) - 8
-                elif kind != REPLY_TYPE_OFFSET_HOLE:  # a hole reads as the zeros out holds already
+                    at = struct.unpack(">Q", self._recv(8))[0] - offset
+                    if not 0 <= at <= length - (chunk - 8):
+                        raise NbdError("the NBD server sent data outside the read")
+                    self._recv_into(view[at: at + chunk - 8])
+                    self.bytes_read += chunk - 8
+                elif kind & REPLY_FLAG_ERROR_BIT:
+                    code = struct.unpack(">I", self._recv(chunk)[:4])[0]
+                    raise NbdError(f"the NBD server answered {os.strerror(code) if code else 'an error'}")
+                elif kind in (REPLY_TYPE_OFFSET_HOLE, REPLY_TYPE_NONE):
+                    self._recv(chunk)  # a hole reads as the zeros out holds already
+                else:
                     raise NbdError(f"unexpected reply chunk {kind} to a read")
+                if flags & REPLY_FLAG_DONE:
+                    break
             position += size
-        return bytes(out)
+        return out
 
     def block_status(self, context: bytes, offset: int = 0, length: int | None = None) -> Iterator[Extent]:
         """The extents of one meta context over [offset, offset + length), in order and without gaps."""

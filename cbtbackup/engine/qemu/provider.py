@@ -60,7 +60,10 @@ class NbdImage:
                 out += bytes(stop - position)
             else:
                 stop = min(end, zero_start)
-                out += self.client.read(position, stop - position)
+                data = self.client.read(position, stop - position)
+                if position == offset and stop == end:
+                    return bytes(data)  # no zero range in the way: one copy, not two
+                out += data
             position = stop
         return bytes(out)
 
@@ -108,7 +111,7 @@ class QemuSession(SnapshotSession):
         self.new_bitmap = bitmaps.bitmap_name(plan.generation, plan.number)
         frozen = [b.name for b in plan.since]
         self._export = fleecing.PointInTimeExport(self.qmp, self.node, size, self._workdir, self.new_bitmap,
-                                                  frozen)
+                                                  frozen, fleece=self._daemon is None)
         self._client = NbdClient(str(self._export.socket), self._export.export, tuple(frozen))
         self.image = NbdImage(self._client)
         block = bitmaps.GRANULARITY
