@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -15,7 +17,6 @@ KiB = 1 << 10
 def bitmaps_of(image: Path) -> list[str]:
     info = subprocess.run(["qemu-img", "info", "--output=json", "-U", str(image)], check=True,
                           capture_output=True, text=True).stdout
-    import json
     data = json.loads(info).get("format-specific", {}).get("data", {})
     return [b["name"] for b in data.get("bitmaps", [])]
 
@@ -27,6 +28,8 @@ def test_a_chain_of_full_and_three_incrementals_restores_each_point(
     assert full.code == 0, full.err
     assert (full.json["provider"], full.json["method"]) == ("qemu", "full")
     assert nbd_reads == [6 * MiB]  # the allocated data only: zero ranges are recorded, not read
+    copies = [tmp_path / "at0.qcow2"]
+    shutil.copyfile(disk.path, copies[0])  # the image as each backup saw it, for qemu-img compare
     points = [(full.json["id"], bytes(disk.model))]
     for round_no in range(3):
         for i in range(6):  # 64 KiB writes spread over the disk, aligned to the bitmap's granularity
@@ -36,15 +39,16 @@ def test_a_chain_of_full_and_three_incrementals_restores_each_point(
         assert incr.json["method"] == "cbt", incr.err
         assert nbd_reads[-1] == 6 * 64 * KiB  # exactly the dirty blocks
         points.append((incr.json["id"], bytes(disk.model)))
+        copies.append(tmp_path / f"at{round_no + 1}.qcow2")
+        shutil.copyfile(disk.path, copies[-1])
         assert len(bitmaps_of(disk.path)) == 1  # the chain keeps only the newest bitmap
     for i, (backup_id, expected) in enumerate(points):
         raw = tmp_path / f"point{i}.raw"
         assert cli("restore", "-r", repo, backup_id, raw).code == 0
         assert raw.read_bytes() == expected
-        if i == len(points) - 1:
-            compare = subprocess.run(["qemu-img", "compare", "-f", "raw", "-F", "qcow2", str(raw), str(disk.path)],
-                                     capture_output=True, text=True)
-            assert compare.returncode == 0, compare.stdout
+        compare = subprocess.run(["qemu-img", "compare", "-f", "raw", "-F", "qcow2", str(raw), str(copies[i])],
+                                 capture_output=True, text=True)
+        assert compare.returncode == 0, compare.stdout
 
 
 def test_one_percent_of_64k_writes_reads_at_most_two_percent(
