@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 
+from cbtbackup.cli import main
+from cbtbackup.engine.qemu.provider import NbdImage
 from tests.conftest import RunCli
 from tests.qemu.conftest import Disk, Vm, restored
 
@@ -136,3 +141,43 @@ def test_a_restore_onto_an_image_a_vm_runs_is_refused(cli: RunCli, repo: Path, d
             4, "is in use")
     finally:
         machine.stop()
+
+
+def test_a_killed_backup_leaves_the_image_and_its_bitmaps_usable(
+    cli: RunCli, repo: Path, disk: Disk, tmp_path: Path
+) -> None:
+    """The storage daemon dies with cbtbackup and closes the image cleanly: the killed run's bitmap joins the
+    chain, and the next incremental is CBT and right."""
+    assert cli("full", "-r", repo, disk.path).code == 0
+    disk.write(9 * MiB, 64 * KiB, 0x61)
+    reading = tmp_path / "reading"
+    pid = os.fork()
+    if pid == 0:
+        code = 70
+        try:
+            original = NbdImage.read
+
+            def slow(self: NbdImage, offset: int, length: int) -> bytes:
+                reading.touch()
+                time.sleep(0.5)
+                return original(self, offset, length)
+
+            NbdImage.read = slow  # type: ignore[method-assign]
+            code = main(["incr", "-r", str(repo), str(disk.path)])
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 60
+    while not reading.exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    deadline = time.monotonic() + 30
+    while subprocess.run(["pgrep", "-f", f"qemu-storage-daemon.*{disk.path}"], capture_output=True).returncode == 0:
+        assert time.monotonic() < deadline, "the storage daemon outlived cbtbackup"
+        time.sleep(0.05)
+    assert len(bitmaps_of(disk.path)) == 2  # the previous backup's, and the killed run's
+    disk.write(11 * MiB, 64 * KiB, 0x62)
+    incr = cli("incr", "-r", repo, disk.path, "--json")
+    assert incr.code == 0 and incr.json["method"] == "cbt", incr.err
+    assert restored(cli, repo, incr.json["id"], tmp_path / "out.raw") == bytes(disk.model)
