@@ -13,8 +13,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from cbtbackup.engine.qemu.images import convert_to_qcow2, virtual_size
-from cbtbackup.engine.qemu.provider import is_qcow2
+from cbtbackup.engine.qemu.images import convert_to_qcow2, is_qcow2, virtual_size
 from cbtbackup.errors import UsageError
 from cbtbackup.pipeline.progress import Progress
 from cbtbackup.pipeline.restore import RestoreOptions, RestoreResult, run_restore

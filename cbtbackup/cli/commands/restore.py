@@ -7,7 +7,7 @@ import click
 from cbtbackup.cli.app import emit, json_option, repo_option
 from cbtbackup.cli.progress_bar import make_progress
 from cbtbackup.cli.repository_access import open_repo
-from cbtbackup.engine.qemu.provider import is_qcow2
+from cbtbackup.engine.qemu.images import is_qcow2
 from cbtbackup.errors import UsageError
 from cbtbackup.model.durations import parse_when
 from cbtbackup.model.sizes import format_size

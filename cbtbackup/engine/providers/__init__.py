@@ -1,22 +1,40 @@
 """Providers: where snapshots and changed blocks come from (userspace engine — direct or through an attach
-daemon —, the blksnap kernel module, QEMU's dirty bitmaps, and scan)."""
+daemon —, the blksnap kernel module, QEMU's dirty bitmaps, and scan).
+
+The blksnap and QEMU providers live in their own packages and build on ``providers.base``; they are
+imported when first asked for (PEP 562), so that importing one of them first never finds this package
+half made."""
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from cbtbackup.engine.attach.record import live_record, resolve_source
 from cbtbackup.engine.blksnap.kernel import current_environment, module_loaded
-from cbtbackup.engine.blksnap.provider import BlksnapProvider
 from cbtbackup.engine.providers.attached import AttachedProvider
 from cbtbackup.engine.providers.base import BlockReader, CbtState, Provider, SnapshotSession
 from cbtbackup.engine.providers.scan import ScanProvider
 from cbtbackup.engine.providers.userspace import UserspaceProvider
-from cbtbackup.engine.qemu.provider import QemuProvider, QemuSession, is_qcow2
+from cbtbackup.engine.qemu.images import is_qcow2
 from cbtbackup.engine.volume import is_tracked
 from cbtbackup.errors import NotFoundError, UsageError
+
+if TYPE_CHECKING:
+    from cbtbackup.engine.blksnap.provider import BlksnapProvider
+    from cbtbackup.engine.qemu.provider import QemuProvider, QemuSession
+
+_LATER = {"BlksnapProvider": "cbtbackup.engine.blksnap.provider", "QemuProvider": "cbtbackup.engine.qemu.provider",
+          "QemuSession": "cbtbackup.engine.qemu.provider"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LATER:
+        return getattr(importlib.import_module(_LATER[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 PROVIDERS = ("auto", "userspace", "blksnap", "qemu", "scan")
 
@@ -59,10 +77,12 @@ def choose_provider(
     if (qmp is not None or device is not None) and name != "qemu":
         raise UsageError("--qmp and --device are for the qemu provider")
     if name == "qemu":
+        from cbtbackup.engine.qemu.provider import QemuProvider
         return QemuProvider(str(source), qmp, device, notice=notice)
     if name == "userspace":
         return UserspaceProvider(source, state_dir=state_dir)
     if name == "blksnap":
+        from cbtbackup.engine.blksnap.provider import BlksnapProvider
         return BlksnapProvider([str(source)], diff_storage, diff_storage_limit, freeze=freeze, notice=notice)
     return ScanProvider(source)
 

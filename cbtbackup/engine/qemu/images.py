@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 
@@ -32,3 +35,13 @@ def virtual_size(image: Path) -> int:
     if done.returncode != 0:
         raise StorageError(f"{image} is not an image qemu-img reads: {done.stderr.strip().splitlines()[-1:]}")
     return int(json.loads(done.stdout)["virtual-size"])
+
+
+def is_qcow2(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a regular file with qcow2's magic (anything else is never opened: a FIFO would
+    block)."""
+    with contextlib.suppress(OSError):
+        if stat.S_ISREG(os.stat(path).st_mode):
+            with open(path, "rb") as f:
+                return f.read(4) == b"QFI\xfb"
+    return False

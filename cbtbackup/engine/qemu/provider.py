@@ -11,7 +11,6 @@ the backup is committed remove the bitmaps it no longer needs.
 from __future__ import annotations
 
 import bisect
-import contextlib
 import os
 import shutil
 import tempfile
@@ -193,10 +192,4 @@ class QemuProvider:
         return QemuSession(self)
 
 
-def is_qcow2(path: str | os.PathLike[str]) -> bool:
-    with contextlib.suppress(OSError), open(path, "rb") as f:
-        return f.read(4) == b"QFI\xfb"
-    return False
-
-
-__all__ = ["NbdImage", "QemuProvider", "QemuSession", "is_qcow2"]
+__all__ = ["NbdImage", "QemuProvider", "QemuSession"]
