@@ -295,3 +295,18 @@ def test_difference_storage_in_a_file_or_on_a_block_device(
     out = scratch / "out.img"
     assert cli("restore", "-r", repo, incr.json["id"], out).code == 0
     assert out.read_bytes() == read_device(dev)
+
+
+def test_blocks_marked_dirty_by_hand_are_read_by_the_next_incremental(
+    cli: RunCli, repo: Path, make_device: MakeDevice, storage: Path, real_module: BlksnapModule
+) -> None:
+    """CBTDIRTY: what a tool knows changed behind the filter's back goes into the map like a write."""
+    dev = make_device(4 * MiB)
+    assert cli("full", "-r", repo, dev, *blksnap_args(storage)).code == 0
+    device = real_module.device(dev)
+    try:
+        device.mark_dirty([(MiB, 64 << 10)])
+    finally:
+        device.close()
+    incr = cli("incr", "-r", repo, dev, *blksnap_args(storage))
+    assert incr.json["method"] == "cbt" and incr.json["bytes_scanned"] == 64 << 10
