@@ -29,7 +29,7 @@ def test_failed_backup_releases_the_volume(cli: RunCli, make_image: MakeImage, t
 
 
 def test_ctrl_c_destroys_the_snapshot(cli: RunCli, make_image: MakeImage, tmp_path: Path) -> None:
-    image = make_image(512 * MiB)
+    image = make_image(1024 * MiB)  # big enough that the backup is still reading when Ctrl-C lands
     repo = tmp_path / "repo"
     cli("init", "-r", repo)
     cli("track", image)

@@ -25,7 +25,7 @@ def test_seal_and_open(mode: str) -> None:
     for data in (b"", b"x", os.urandom(1 << 20)):
         sealed = sealer.seal("chunks/ab/abcd", data)
         assert sealer.open("chunks/ab/abcd", sealed) == data
-        assert data[:64] not in sealed[32:] or not data
+        assert data[:64] not in sealed[32:] or len(data) < 16  # a short plaintext may occur by chance
     sealed = sealer.seal("k", b"hello world" * 100)
     flipped = sealed[:50] + bytes([sealed[50] ^ 1]) + sealed[51:]
     for bad in (sealed[:-1], sealed[:40], flipped):
