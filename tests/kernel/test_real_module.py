@@ -5,12 +5,10 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from cbtbackup.cli import main
 from cbtbackup.engine.blksnap import abi
 from cbtbackup.engine.blksnap.kernel import BlksnapModule
 from cbtbackup.engine.providers import BlksnapProvider
@@ -20,6 +18,7 @@ from cbtbackup.pipeline.backup import BackupOptions, run_backup
 from cbtbackup.repo.location import open_repository
 from tests.conftest import RunCli
 from tests.kernel.conftest import MakeDevice, read_device, write_device
+from tests.killing import backup_in_a_slow_child, wait_for
 
 pytestmark = pytest.mark.kernel
 
@@ -169,34 +168,6 @@ def test_overflow_fails_before_commit_and_the_device_loses_nothing(
     assert out.read_bytes() == new
 
 
-def backup_in_a_child(args: list[str], reading: Path) -> int:
-    """The CLI in a forked copy of this process (a new interpreter would cost 15-25 s here), slowed down
-    once it reads the snapshot image — it creates ``reading`` then — so that it can be killed mid-read."""
-    pid = os.fork()
-    if pid == 0:
-        code = 70
-        try:
-            original = FileReader.read
-
-            def slow_read(self: FileReader, offset: int, length: int) -> bytes:
-                reading.touch()
-                time.sleep(0.5)
-                return original(self, offset, length)
-
-            FileReader.read = slow_read  # type: ignore[method-assign]
-            code = main(args)
-        finally:
-            os._exit(code)
-    return pid
-
-
-def wait_for(path: Path, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert time.monotonic() < deadline, "the backup never started reading"
-        time.sleep(0.1)
-
-
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_a_killed_backup_leaves_no_snapshot_behind(
     cli: RunCli, repo: Path, make_device: MakeDevice, storage: Path, scratch: Path, real_module: BlksnapModule,
@@ -204,7 +175,7 @@ def test_a_killed_backup_leaves_no_snapshot_behind(
 ) -> None:
     dev = make_device()
     reading = scratch / "reading"
-    pid = backup_in_a_child(["full", "-r", str(repo), dev, *blksnap_args(storage)], reading)
+    pid = backup_in_a_slow_child(["full", "-r", str(repo), dev, *blksnap_args(storage)], FileReader, reading)
     wait_for(reading)
     assert len(real_module.snapshot_collect()) == 1
     os.kill(pid, sig)

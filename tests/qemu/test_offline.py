@@ -10,9 +10,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from cbtbackup.cli import main
 from cbtbackup.engine.qemu.provider import NbdImage
 from tests.conftest import RunCli
+from tests.killing import backup_in_a_slow_child, wait_for
 from tests.qemu.conftest import Disk, Vm, restored
 
 MiB = 1 << 20
@@ -151,25 +151,8 @@ def test_a_killed_backup_leaves_the_image_and_its_bitmaps_usable(
     assert cli("full", "-r", repo, disk.path).code == 0
     disk.write(9 * MiB, 64 * KiB, 0x61)
     reading = tmp_path / "reading"
-    pid = os.fork()
-    if pid == 0:
-        code = 70
-        try:
-            original = NbdImage.read
-
-            def slow(self: NbdImage, offset: int, length: int) -> bytes:
-                reading.touch()
-                time.sleep(0.5)
-                return original(self, offset, length)
-
-            NbdImage.read = slow  # type: ignore[method-assign]
-            code = main(["incr", "-r", str(repo), str(disk.path)])
-        finally:
-            os._exit(code)
-    deadline = time.monotonic() + 60
-    while not reading.exists():
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    pid = backup_in_a_slow_child(["incr", "-r", str(repo), str(disk.path)], NbdImage, reading)
+    wait_for(reading)
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
     deadline = time.monotonic() + 30

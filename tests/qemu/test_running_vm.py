@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from pathlib import Path
 
 from cbtbackup.engine.qemu.provider import NbdImage
 from cbtbackup.pipeline.backup import BackupOptions, run_backup
 from cbtbackup.repo.location import open_repository
 from tests.conftest import RunCli
+from tests.killing import backup_in_a_slow_child, wait_for
 from tests.qemu.conftest import Vm, restored
 
 MiB = 1 << 20
@@ -75,26 +75,8 @@ def test_a_killed_backup_leaves_the_vm_running_and_the_next_incremental_right(
     assert cli("full", "-r", repo, vm.disk.path, *vm_args(vm)).code == 0
     vm.write(10 * MiB, 64 * KiB, 0x51)
     reading = tmp_path / "reading"
-    pid = os.fork()
-    if pid == 0:  # a backup that reads slowly, killed mid-read
-        code = 70
-        try:
-            original = NbdImage.read
-
-            def slow(self: NbdImage, offset: int, length: int) -> bytes:
-                reading.touch()
-                time.sleep(0.5)
-                return original(self, offset, length)
-
-            NbdImage.read = slow  # type: ignore[method-assign]
-            from cbtbackup.cli import main
-            code = main(["incr", "-r", str(repo), str(vm.disk.path), *vm_args(vm)[:-1]])
-        finally:
-            os._exit(code)
-    deadline = time.monotonic() + 60
-    while not reading.exists():
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    pid = backup_in_a_slow_child(["incr", "-r", str(repo), str(vm.disk.path), *vm_args(vm)[:-1]], NbdImage, reading)
+    wait_for(reading)
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
     assert vm.execute("query-status")["status"] in ("running", "prelaunch")  # the VM never noticed
