@@ -14,10 +14,10 @@ import time
 from array import array
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from cbtbackup.engine.cbt import changed_runs, plan_incremental
-from cbtbackup.engine.providers import BlksnapProvider, QemuProvider, SnapshotSession, choose_provider
+from cbtbackup.engine.providers import SnapshotSession, blksnap_group, choose_provider
 from cbtbackup.errors import CorruptDataError, UsageError
 from cbtbackup.model.checkpoint import CbtCheckpoint
 from cbtbackup.model.extent_map import ZERO_DIGEST, ExtentMap, Piece, overlay
@@ -31,6 +31,9 @@ from cbtbackup.pipeline.workers import BoundedSubmitter, PipelineConfig
 from cbtbackup.repo.locks import HeldLock
 from cbtbackup.repo.manifest import BackupRef, BackupStats, Manifest, check_name
 from cbtbackup.repo.repository import Repository
+
+if TYPE_CHECKING:  # the QEMU provider loads asyncio: imported only by a backup that uses it
+    from cbtbackup.engine.qemu.provider import QemuProvider
 
 READ_SPAN = 8 << 20  # consecutive extents are read from the snapshot this many bytes at a time
 SCAN_BLOCK = 64 << 10  # what a scan compares at when nothing tracks the source: blksnap's tracking block
@@ -98,9 +101,9 @@ def run_backup(
     explicit = check_name(options.name) if options.name else None
     with _chain_lock(repo, options, candidate_names(provider.source, explicit), progress) as lock:
         name = chain_for(repo, provider.source, explicit, options.rename_source)
-        if isinstance(provider, QemuProvider):  # which of its bitmaps hold the writes since, it decides itself
+        if provider.name == "qemu":  # which of its bitmaps hold the writes since, it decides itself
             parent = repo.latest(name) if options.kind == "incr" else None
-            provider.since = _checkpoint_of(repo, parent, provider.source)
+            cast("QemuProvider", provider).since = _checkpoint_of(repo, parent, provider.source)
         with provider.open_snapshot() as session:
             hook("snapshot-taken")
             result = backup_session(repo, session, options.kind, name, progress, config, _checked(lock, hook))
@@ -161,8 +164,8 @@ def run_device_group_backup(
     progress = progress or NullProgress()
     names = [n for device in devices for n in candidate_names(str(Path(device).absolute()), None)]
     with _chain_lock(repo, options, names, progress) as lock:
-        provider = BlksnapProvider(devices, options.diff_storage, options.diff_storage_limit, freeze=options.freeze,
-                                   notice=progress.notice)
+        provider = blksnap_group(devices, options.diff_storage, options.diff_storage_limit, freeze=options.freeze,
+                                 notice=progress.notice)
         group = provider.open_group()
         try:
             return [backup_session(repo, session, options.kind, chain_for(repo, session.source, None, False),
@@ -295,7 +298,7 @@ class _ChunkWriter:
         with self._lock:
             self.stats.bytes_changed += nbytes
 
-    def store(self, digest: bytes, data: bytes) -> None:
+    def store(self, digest: bytes, data: bytes | memoryview) -> None:
         with self._lock:
             fresh = digest not in self._seen
             self._seen.add(digest)
@@ -313,11 +316,12 @@ class _ChunkWriter:
 _zeros: dict[int, bytes] = {}
 
 
-def _is_zero(data: bytes) -> bool:
+def _is_zero(data: bytes | memoryview) -> bool:
     zeros = _zeros.get(len(data))
     if zeros is None:
         zeros = _zeros[len(data)] = bytes(len(data))
-    return data == zeros
+    # startswith compares with memcmp whatever the buffer; memoryview's == goes item by item.
+    return zeros.startswith(data)
 
 
 def _run_chunks(
@@ -331,7 +335,7 @@ def _run_chunks(
 ) -> ExtentMap:
     results = _Results()
 
-    def process(seq: int, data: bytes, pieces: list[Piece] | None) -> None:
+    def process(seq: int, data: bytes | memoryview, pieces: list[Piece] | None) -> None:
         digest = ZERO_DIGEST if _is_zero(data) else repo.chunk_id(data)
         if pieces is None or previous is None:
             if digest != ZERO_DIGEST:
@@ -363,8 +367,10 @@ def _run_chunks(
     try:
         for span in read_spans(extents, READ_SPAN):
             start = span[0][0]
-            read = session.image.read(start, span[-1][0] + span[-1][1] - start)
+            read = memoryview(session.image.read(start, span[-1][0] + span[-1][1] - start))
             for offset, length in span:
+                # A view, not a copy: each extent of the span is hashed, compressed and written from the
+                # one buffer of the read.
                 data = read if len(span) == 1 else read[offset - start: offset - start + length]
                 writer.stats.bytes_scanned += length
                 pieces = previous.pieces(offset, length) if previous else None

@@ -51,7 +51,7 @@ class PreviousImage:
             i += 1
         return out
 
-    def changed_parts(self, offset: int, data: bytes, digest: bytes, pieces: list[Piece]) -> list[Part]:
+    def changed_parts(self, offset: int, data: bytes | memoryview, digest: bytes, pieces: list[Piece]) -> list[Part]:
         """The runs of blocks of ``data`` (read at ``offset``) that differ from the previous image."""
         length = len(data)
         # One piece with the data's own digest: the data is that whole chunk (the digest of a longer chunk,
@@ -84,7 +84,7 @@ class PreviousImage:
         return bytes(out)
 
 
-def _differing_runs(offset: int, data: bytes, old: bytes, block_size: int) -> list[Part]:
+def _differing_runs(offset: int, data: bytes | memoryview, old: bytes, block_size: int) -> list[Part]:
     runs: list[Part] = []
     view, old_view = memoryview(data), memoryview(old)
     run_start = -1

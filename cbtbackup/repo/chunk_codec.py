@@ -71,7 +71,7 @@ class ChunkCodec:
             d = self._local.d = zstandard.ZstdDecompressor()
         return d
 
-    def encode(self, data: bytes, digest: bytes) -> bytes:
+    def encode(self, data: bytes | memoryview, digest: bytes) -> bytes:
         codec, payload = RAW, data
         if self._level is not None:
             packed = self._compressor().compress(data)

@@ -2,6 +2,13 @@
 
 Puts are atomic (rename) but not synced one by one: :meth:`LocalStore.sync` flushes the whole file
 system once (``syncfs``), which is what the repository calls before it writes a manifest.
+
+Large objects (chunks) are written through: their pages are sent to the disk as soon as they are
+written (``sync_file_range``, data only, no cache flush and no metadata) and then dropped from the page
+cache. A backup writes far more than anything reads back soon, and letting the page cache grow by the
+size of everything stored costs more CPU than the write itself (measured: 1.5 GiB in 1 MiB objects,
+3.4 to 3.8 s of system time written plainly, 1.3 s written through). It also leaves the final ``syncfs``
+little to flush. Durability does not change: it still comes from ``sync``.
 """
 
 from __future__ import annotations
@@ -17,7 +24,19 @@ from cbtbackup.errors import NotFoundError, StorageError, os_error
 from cbtbackup.repo.store import ObjectInfo, Store, StoreCapabilities
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
 TMP_MARK = ".tmp-"
+WRITE_THROUGH = 64 << 10  # objects at least this large are written through (see the module doc)
+_SFR_WAIT_BEFORE, _SFR_WRITE, _SFR_WAIT_AFTER = 1, 2, 4
+
+
+def _write_through(fd: int) -> None:
+    """Send a file's written pages to the disk and drop them from the page cache.
+
+    Only a hint for the cache: a file system without ``sync_file_range`` simply keeps its pages."""
+    # ctypes releases the GIL for the call, so other workers go on hashing and compressing meanwhile.
+    if _libc.sync_file_range(fd, 0, 0, _SFR_WAIT_BEFORE | _SFR_WRITE | _SFR_WAIT_AFTER) == 0:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
 
 
 def _syncfs(path: Path) -> None:
@@ -57,6 +76,8 @@ class LocalStore(Store):
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view):]
+                if len(data) >= WRITE_THROUGH:
+                    _write_through(fd)
             finally:
                 os.close(fd)
         except OSError as e:

@@ -87,6 +87,19 @@ def choose_provider(
     return ScanProvider(source)
 
 
+def blksnap_group(
+    devices: list[str],
+    diff_storage: str | None,
+    diff_storage_limit: int | None,
+    *,
+    freeze: str | None = None,
+    notice: Callable[[str], None] | None = None,
+) -> BlksnapProvider:
+    """The blksnap provider for several block devices in one snapshot."""
+    from cbtbackup.engine.blksnap.provider import BlksnapProvider
+    return BlksnapProvider(devices, diff_storage, diff_storage_limit, freeze=freeze, notice=notice)
+
+
 __all__ = [
     "PROVIDERS",
     "AttachedProvider",
@@ -99,5 +112,6 @@ __all__ = [
     "ScanProvider",
     "SnapshotSession",
     "UserspaceProvider",
+    "blksnap_group",
     "choose_provider",
 ]
