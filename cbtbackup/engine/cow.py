@@ -84,9 +84,10 @@ class CowFilter:
         chunks = index_range(offset, length, self.chunk_size)
         if not any(i in self._copied for i in chunks):
             # The common case of a backup: nothing in the range was overwritten since the take. One read
-            # straight into the bytes returned; if a chunk was copied meanwhile, the careful path reads again.
-            data = self._pread(self._fd, offset, length)
-            if not any(i in self._copied for i in chunks):
+            # straight into the bytes returned; after a short read, or if a chunk was copied meanwhile, the
+            # careful path reads again.
+            data = os.pread(self._fd, length, offset)
+            if len(data) == length and not any(i in self._copied for i in chunks):
                 return data
         out = bytearray(length)
         view = memoryview(out)
@@ -115,15 +116,6 @@ class CowFilter:
         hi = min(end, (chunk + 1) * self.chunk_size)
         base = self._copied[chunk] + (lo - chunk * self.chunk_size)
         self._pread_into(self._storage.fd, view[lo - offset: hi - offset], base)
-
-    @staticmethod
-    def _pread(fd: int, offset: int, length: int) -> bytes:
-        data = os.pread(fd, length, offset)
-        if len(data) < length:  # a short read: finish it the careful way
-            out = bytearray(data) + bytes(length - len(data))
-            CowFilter._pread_into(fd, memoryview(out)[len(data):], offset + len(data))
-            return bytes(out)
-        return data
 
     @staticmethod
     def _pread_into(fd: int, dest: memoryview, offset: int) -> None:
