@@ -28,6 +28,7 @@ from cbtbackup.pipeline.progress import NullProgress, Progress
 from cbtbackup.pipeline.scan_compare import PreviousImage
 from cbtbackup.pipeline.synthesize import synthesize
 from cbtbackup.pipeline.workers import BoundedSubmitter, PipelineConfig
+from cbtbackup.repo.chunk_presence import ChunkPresence
 from cbtbackup.repo.locks import HeldLock
 from cbtbackup.repo.manifest import BackupRef, BackupStats, Manifest, check_name
 from cbtbackup.repo.repository import Repository
@@ -216,7 +217,9 @@ def backup_session(
     progress.start(total, f"{'full' if prev_map is None else 'incr'} {name}")
     # Chunks of the chain are known to exist — except those verify found bad or missing.
     known = _digests(prev_map) - lost if prev_map is not None else set()
-    writer = _ChunkWriter(repo, known=known)
+    # A scan looks up only what differs, which is not known before reading: its chunks are asked one by one.
+    expected_lookups = 0 if method == "scan" else -(-total // repo.config.chunk_size)
+    writer = _ChunkWriter(repo, known, repo.chunk_presence(expected_lookups))
     own = _run_chunks(session, extents, previous, writer, progress, config, repo)
     progress.finish()
     session.check_intact()  # a snapshot that lost data while it was read must not become a backup
@@ -288,9 +291,10 @@ def _digests(m: ExtentMap) -> set[bytes]:
 class _ChunkWriter:
     """Stores chunks once: known ones are skipped, others looked up once and put if missing."""
 
-    def __init__(self, repo: Repository, known: set[bytes]) -> None:
+    def __init__(self, repo: Repository, known: set[bytes], presence: ChunkPresence) -> None:
         self._repo = repo
         self._seen = known
+        self._presence = presence
         self._lock = threading.Lock()
         self.stats = BackupStats()
 
@@ -302,7 +306,7 @@ class _ChunkWriter:
         with self._lock:
             fresh = digest not in self._seen
             self._seen.add(digest)
-        if fresh and not self._repo.has_chunk(digest):
+        if fresh and not self._presence.has(digest):
             obj = self._repo.codec.encode(data, digest)
             self._repo.put_chunk_object(digest, obj)
             with self._lock:

@@ -90,6 +90,7 @@ def chain_for(repo: Repository, source: str, name: str | None, rename_source: bo
                 owner = None
             if owner is not None and same_source(owner, source, host):
                 return legacy
+            return name  # a chain with no backups yet: nobody else's
     owner = owner_of(repo, check_name(name))
     if owner is not None and not same_source(owner, source, host) and not rename_source:
         raise ChainOwnerError(

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from cbtbackup.errors import CorruptDataError, NotFoundError, UsageError
 from cbtbackup.model.extent_map import ExtentMap, overlay
 from cbtbackup.repo.chunk_codec import ChunkCodec, CorruptChunkError, MissingChunkError
+from cbtbackup.repo.chunk_presence import ChunkPresence, chunk_presence
 from cbtbackup.repo.config import RepositoryConfig
 from cbtbackup.repo.keys import KeySlots, UnlockError
 from cbtbackup.repo.locks import Locker
@@ -144,6 +145,11 @@ class Repository:
 
     def has_chunk(self, digest: bytes) -> bool:
         return self.store.stat(self.chunk_key(digest)) is not None
+
+    def chunk_presence(self, expected_lookups: int) -> ChunkPresence:
+        """What a backup about to look up about ``expected_lookups`` chunks asks instead of :meth:`has_chunk`:
+        on a remote store, answered from one listing where that saves requests."""
+        return chunk_presence(self.store, CHUNKS_PREFIX, self.has_chunk, self.chunk_key, expected_lookups)
 
     def put_chunk_object(self, digest: bytes, obj: bytes) -> None:
         key = self.chunk_key(digest)

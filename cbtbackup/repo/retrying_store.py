@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 from cbtbackup.errors import TransientStorageError
-from cbtbackup.repo.store import ObjectInfo, Store, StoreCapabilities
+from cbtbackup.repo.store import ListPage, ObjectInfo, Store, StoreCapabilities
 
 T = TypeVar("T")
 
@@ -66,6 +66,9 @@ class RetryingStore(Store):
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         return self._retry(lambda: self.inner.list(prefix))
+
+    def list_page(self, prefix: str, start_after: str = "", limit: int = 1000) -> ListPage:
+        return self._retry(lambda: self.inner.list_page(prefix, start_after, limit))
 
     def delete(self, key: str) -> None:
         self._retry(lambda: self.inner.delete(key))

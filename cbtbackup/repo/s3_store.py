@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from cbtbackup.errors import NotFoundError, StorageError, TransientStorageError, UsageError
-from cbtbackup.repo.store import ObjectInfo, Store, StoreCapabilities
+from cbtbackup.repo.store import ListPage, ObjectInfo, Store, StoreCapabilities
 
 MULTIPART_THRESHOLD = 64 << 20
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
@@ -131,6 +131,18 @@ class S3Store(Store):
             for item in page.get("Contents", []):
                 found.append(ObjectInfo(item["Key"][len(self.prefix):], int(item["Size"]), str(item.get("ETag", ""))))
         return iter(sorted(found, key=lambda o: o.key))
+
+    def list_page(self, prefix: str, start_after: str = "", limit: int = 1000) -> ListPage:
+        """One ListObjectsV2 request (S3 answers at most 1000 keys a request, in UTF-8 binary order, which
+        for the ASCII keys of a repository is the order of Python strings)."""
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.prefix + prefix,
+                                  "MaxKeys": max(1, min(limit, 1000))}
+        if start_after:
+            kwargs["StartAfter"] = self.prefix + start_after
+        answer = self._call("list", prefix, self._client.list_objects_v2, **kwargs)
+        page = [ObjectInfo(item["Key"][len(self.prefix):], int(item["Size"]), str(item.get("ETag", "")))
+                for item in answer.get("Contents", [])]
+        return page, bool(answer.get("IsTruncated"))
 
     def delete(self, key: str) -> None:
         self._call("delete", key, self._client.delete_object, Bucket=self.bucket, Key=self.prefix + key)

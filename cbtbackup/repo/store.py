@@ -30,6 +30,10 @@ class ObjectInfo:
     version: str = ""  # changes whenever the object is replaced (an ETag, a file's inode and mtime)
 
 
+# One page of a listing: objects in key order, and whether more may follow.
+ListPage = tuple[list[ObjectInfo], bool]
+
+
 class Store(abc.ABC):
     """Key-value object storage with atomic puts."""
 
@@ -52,6 +56,12 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         """Objects whose keys start with ``prefix``, in key order."""
+
+    def list_page(self, prefix: str, start_after: str = "", limit: int = 1000) -> ListPage:
+        """Up to ``limit`` objects under ``prefix`` whose keys sort after ``start_after``, in key order, and
+        whether more may follow. A remote store answers it with one request; this fallback lists it all."""
+        after = [info for info in self.list(prefix) if info.key > start_after]
+        return after[:limit], len(after) > limit
 
     @abc.abstractmethod
     def delete(self, key: str) -> None:
