@@ -2,7 +2,8 @@
 
 The same mixed image is backed up in full, 1 % of it rewritten in scattered 64 KiB writes through the
 engine, backed up incrementally, and restored — once into a local directory, once into S3. Reported:
-seconds, throughput, the S3/local ratios, and the store requests per GiB of data moved.
+seconds, throughput, the S3/local ratios, the store requests per GiB of data moved, and for backups the
+requests per chunk stored (the target for a full into a new repository: at most 1.05).
 
 Usage: python bench/s3_vs_local.py [--size-mib 512] [--json]
 """
@@ -32,13 +33,13 @@ from cbtbackup.pipeline.restore import RestoreOptions, run_restore
 from cbtbackup.repo.config import RepositoryConfig
 from cbtbackup.repo.location import StoreOptions, open_store
 from cbtbackup.repo.repository import Repository
-from cbtbackup.repo.store import ObjectInfo, Store, StoreCapabilities
+from cbtbackup.repo.store import ListPage, ObjectInfo, Store, StoreCapabilities
 
 MiB = 1 << 20
 
 
 class CountingStore(Store):
-    """Counts the calls that reach the backend (each is one request, but for list pages)."""
+    """Counts the calls that reach the backend: each is one request, but a whole listing (one per 1000 keys)."""
 
     def __init__(self, inner: Store) -> None:
         self.inner = inner
@@ -63,6 +64,10 @@ class CountingStore(Store):
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         self.calls["list"] += 1
         return self.inner.list(prefix)
+
+    def list_page(self, prefix: str, start_after: str = "", limit: int = 1000) -> ListPage:
+        self.calls["list"] += 1
+        return self.inner.list_page(prefix, start_after, limit)
 
     def delete(self, key: str) -> None:
         self.calls["delete"] += 1
@@ -99,16 +104,27 @@ def make_image(path: Path, size_mib: int) -> None:
             f.write(os.urandom(MiB) if kind == 0 else bytes(MiB) if kind == 1 else os.urandom(MiB // 2).hex().encode())
 
 
-def story(repo: Repository, store: CountingStore, image: Path, work: Path, size: int) -> dict[str, Any]:
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU of a process so far (0 for none): moto's server is Python too, and on two cores
+    its CPU is a large part of what an S3 run waits for."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def story(repo: Repository, store: CountingStore, image: Path, work: Path, size: int,
+          server: int | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
 
-    def run_step(step: str) -> int:
-        """Run one step; return the bytes it moved."""
+    def run_step(step: str) -> tuple[int, int]:
+        """Run one step; return the bytes it moved and the chunks it stored."""
         if step == "restore":
             run_restore(repo, RestoreOptions("latest", str(work / "restored.img")))
-            return size
+            return size, 0
         kind: Literal["full", "incr"] = "full" if step == "full" else "incr"
-        return run_backup(repo, BackupOptions(str(image), kind)).manifest.stats.bytes_scanned
+        stats = run_backup(repo, BackupOptions(str(image), kind)).manifest.stats
+        return stats.bytes_scanned, stats.chunks_new
 
     for step in ("full", "incr", "restore"):
         if step == "incr":
@@ -117,12 +133,19 @@ def story(repo: Repository, store: CountingStore, image: Path, work: Path, size:
                 for block in rng.sample(range(size // (64 << 10)), size // 100 // (64 << 10)):
                     vol.write(block * (64 << 10), rng.randbytes(64 << 10))
         store.calls.clear()
-        start = time.perf_counter()
-        moved = run_step(step)
+        start, server_start = time.perf_counter(), cpu_seconds(server)
+        moved, stored = run_step(step)
         seconds = time.perf_counter() - start
+        server_cpu = cpu_seconds(server) - server_start
+        requests = sum(store.calls.values())
         out[step] = {"seconds": round(seconds, 3), "mib_per_s": round(size / MiB / seconds, 1),
                      "requests": dict(store.calls),
-                     "requests_per_gib_moved": round(sum(store.calls.values()) / max(moved, 1) * (1 << 30), 1)}
+                     "requests_per_gib_moved": round(requests / max(moved, 1) * (1 << 30), 1)}
+        if server is not None:
+            out[step]["server_cpu_s"] = round(server_cpu, 2)
+        if stored:
+            out[step]["chunks_stored"] = stored
+            out[step]["requests_per_chunk_stored"] = round(requests / stored, 3)
     if (work / "restored.img").read_bytes() != image.read_bytes():
         raise SystemExit("restore differs")
     (work / "restored.img").unlink()
@@ -150,7 +173,8 @@ def main() -> None:
                 TrackedVolume.track(image).close()
                 store = CountingStore(open_store(location, StoreOptions(endpoint), create=True))
                 repo = Repository.init(store, location, RepositoryConfig())
-                report[kind] = story(repo, store, image, work, args.size_mib * MiB)
+                report[kind] = story(repo, store, image, work, args.size_mib * MiB,
+                                     moto.pid if kind == "s3" else None)
                 image.unlink()
     finally:
         moto.kill()
@@ -162,7 +186,10 @@ def main() -> None:
     for kind in ("local", "s3"):
         for step, r in report[kind].items():
             print(f"{kind:>5} {step:>7}: {r['seconds']:7.2f} s {r['mib_per_s']:8.1f} MiB/s  "
-                  f"requests {sum(r['requests'].values()):5d} ({r['requests_per_gib_moved']:.0f}/GiB) {r['requests']}")
+                  f"requests {sum(r['requests'].values()):5d} ({r['requests_per_gib_moved']:.0f}/GiB"
+                  + (f", {r['requests_per_chunk_stored']:.3f}/chunk stored" if "chunks_stored" in r else "")
+                  + f") {r['requests']}"
+                  + (f", server CPU {r['server_cpu_s']:.1f} s" if "server_cpu_s" in r else ""))
     print("S3 throughput / local: " + ", ".join(f"{k} {v:.0%}" for k, v in report["s3_vs_local"].items()))
 
 
