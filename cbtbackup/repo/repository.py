@@ -29,7 +29,7 @@ import threading
 from collections.abc import Callable
 
 from cbtbackup.errors import CorruptDataError, NotFoundError, UsageError
-from cbtbackup.model.extent_map import ExtentMap, overlay
+from cbtbackup.model.extent_map import ExtentMap, resolve_chain
 from cbtbackup.repo.chunk_codec import ChunkCodec, CorruptChunkError, MissingChunkError
 from cbtbackup.repo.chunk_presence import ChunkPresence, chunk_presence
 from cbtbackup.repo.config import RepositoryConfig
@@ -388,9 +388,7 @@ class Repository:
             return self._resolve(self.chain(ref, fresh=True), ref)
 
     def _resolve(self, chain: list[Manifest], ref: BackupRef) -> tuple[Manifest, ExtentMap]:
-        resolved = chain[0].extents
-        for older in chain[1:]:
-            resolved = overlay(resolved, older.extents)
+        resolved = resolve_chain([m.extents for m in chain])
         top = chain[0]
         if not resolved.covers(top.device_size) or resolved.map_digest() != top.map_digest:
             raise CorruptDataError(

@@ -7,7 +7,7 @@ import itertools
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cbtbackup.model.extent_map import ZERO_DIGEST, ExtentMap, overlay
+from cbtbackup.model.extent_map import ZERO_DIGEST, ExtentMap, overlay, resolve_chain
 
 SIZE = 200
 
@@ -69,3 +69,14 @@ def test_overlay_matches_a_byte_model_whatever_the_grouping(chain: list[ExtentMa
         oldest_first = overlay(newer, oldest_first)
     assert byte_owner([newest_first]) == byte_owner(chain)
     assert newest_first == oldest_first  # the same pieces: the map digest does not depend on the fold
+    assert resolve_chain(chain) == newest_first  # the one-pass sweep too, piece for piece
+
+
+def test_resolve_chain_of_one_and_with_gaps() -> None:
+    only = ExtentMap()
+    only.append(5, 10, d(1))
+    assert resolve_chain([only]) is only
+    newer = ExtentMap()
+    newer.append(40, 10, d(2))
+    got = [(p.offset, p.length, p.digest[0], p.chunk_offset) for p in resolve_chain([newer, only])]
+    assert got == [(5, 10, 1, 0), (40, 10, 2, 0)]
