@@ -73,6 +73,9 @@ class CountingStore(Store):
         self.calls["delete"] += 1
         self.inner.delete(key)
 
+    def depend_on(self, key: str) -> None:
+        self.inner.depend_on(key)
+
     def sync(self) -> None:
         self.inner.sync()
 

@@ -313,6 +313,8 @@ class _ChunkWriter:
                 self.stats.chunks_new += 1
                 self.stats.bytes_stored += len(obj)
         else:
+            if fresh:  # found, not the chain's: perhaps a killed run's, not yet durable
+                self._repo.depend_on_chunk(digest)
             with self._lock:
                 self.stats.chunks_reused += 1
 

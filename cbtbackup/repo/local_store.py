@@ -1,7 +1,8 @@
 """A store in a local directory: one file per object, written to a temporary name and renamed.
 
-Puts are atomic (rename) but not synced one by one: :meth:`LocalStore.sync` flushes the whole file
-system once (``syncfs``), which is what the repository calls before it writes a manifest.
+Puts are atomic (rename) but not synced one by one: the store records what it changed, and
+:meth:`LocalStore.sync` — which the repository calls before and after it writes a manifest — makes just
+that durable (``repo/durability.py``: an fsync per file and directory, or one ``syncfs`` when many).
 
 Large objects (chunks) are written through: their pages are sent to the disk as soon as they are
 written (``sync_file_range``, data only, no cache flush and no metadata) and then dropped from the page
@@ -21,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from cbtbackup.errors import NotFoundError, StorageError, os_error
+from cbtbackup.repo.durability import PendingSync
 from cbtbackup.repo.store import ObjectInfo, Store, StoreCapabilities
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -39,16 +41,6 @@ def _write_through(fd: int) -> None:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
 
 
-def _syncfs(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        if _libc.syncfs(fd) != 0:
-            err = ctypes.get_errno()
-            raise StorageError(f"sync of {path} failed: {os.strerror(err)}")
-    finally:
-        os.close(fd)
-
-
 def _info(key: str, st: os.stat_result) -> ObjectInfo:
     # A put renames a new file into place, so the inode tells one version of an object from the next.
     return ObjectInfo(key, st.st_size, f"{st.st_ino:x}-{st.st_mtime_ns:x}")
@@ -57,20 +49,24 @@ def _info(key: str, st: os.stat_result) -> ObjectInfo:
 class LocalStore(Store):
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
+        self._pending = PendingSync(self.root)
 
     def _path(self, key: str) -> Path:
         if not key or key.startswith("/") or ".." in key.split("/"):
             raise StorageError(f"invalid object key {key!r}")
         return self.root / key
 
-    def _write_temp(self, path: Path, data: bytes) -> Path:
-        """``data`` in a new temporary file beside ``path`` (made with its directory if need be)."""
+    def _write_temp(self, path: Path, data: bytes) -> tuple[Path, bool]:
+        """``data`` in a new temporary file beside ``path`` (made with its directory if need be), and
+        whether a directory was made for it."""
         tmp = path.with_name(f"{TMP_MARK}{path.name}.{secrets.token_hex(4)}")
+        made_dirs = False
         try:
             try:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             except FileNotFoundError:
                 path.parent.mkdir(parents=True, exist_ok=True)
+                made_dirs = True
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             try:
                 view = memoryview(data)
@@ -83,21 +79,22 @@ class LocalStore(Store):
         except OSError as e:
             tmp.unlink(missing_ok=True)
             raise os_error(e, f"cannot write {path}") from None
-        return tmp
+        return tmp, made_dirs
 
     def put(self, key: str, data: bytes) -> None:
         path = self._path(key)
-        tmp = self._write_temp(path, data)
+        tmp, made_dirs = self._write_temp(path, data)
         try:
             os.replace(tmp, path)
         except OSError as e:
             tmp.unlink(missing_ok=True)
             raise os_error(e, f"cannot write {path}") from None
+        self._pending.wrote(path, made_dirs)
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
         """A complete temporary file hard-linked to the key: link fails if the key exists, and is atomic."""
         path = self._path(key)
-        tmp = self._write_temp(path, data)
+        tmp, made_dirs = self._write_temp(path, data)
         try:
             os.link(tmp, path)
         except FileExistsError:
@@ -106,6 +103,7 @@ class LocalStore(Store):
             raise os_error(e, f"cannot write {path}") from None
         finally:
             tmp.unlink(missing_ok=True)
+        self._pending.wrote(path, made_dirs)
         return True
 
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
@@ -145,16 +143,24 @@ class LocalStore(Store):
         return iter(sorted(found, key=lambda o: o.key))
 
     def delete(self, key: str) -> None:
+        path = self._path(key)
         try:
-            self._path(key).unlink()
+            path.unlink()
         except FileNotFoundError:
-            pass
+            return
         except OSError as e:
             raise os_error(e, f"cannot delete {key}") from None
+        self._pending.removed(path)
+
+    def made_root(self) -> None:
+        """The directory was made just now (by ``init``): the next sync makes its entry durable too."""
+        self._pending.made_root()
+
+    def depend_on(self, key: str) -> None:
+        self._pending.adopt(self._path(key))
 
     def sync(self) -> None:
-        if self.root.is_dir():
-            _syncfs(self.root)
+        self._pending.sync()
 
     def remove_incomplete(self, older_than: float) -> int:
         removed = 0

@@ -36,6 +36,9 @@ def open_store(location: str, options: StoreOptions | None = None, *, create: bo
         if not create:
             raise NotFoundError(f"no repository at {location}")
         path.mkdir(parents=True, mode=0o700)
+        store = LocalStore(path)
+        store.made_root()
+        return store
     return LocalStore(path)
 
 

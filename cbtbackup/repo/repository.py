@@ -151,6 +151,10 @@ class Repository:
         on a remote store, answered from one listing where that saves requests."""
         return chunk_presence(self.store, CHUNKS_PREFIX, self.has_chunk, self.chunk_key, expected_lookups)
 
+    def depend_on_chunk(self, digest: bytes) -> None:
+        """A backup will name a chunk it found stored rather than stored itself: make it durable too."""
+        self.store.depend_on(self.chunk_key(digest))
+
     def put_chunk_object(self, digest: bytes, obj: bytes) -> None:
         key = self.chunk_key(digest)
         self.store.put(key, self.sealer.seal(key, obj))

@@ -73,6 +73,9 @@ class RetryingStore(Store):
     def delete(self, key: str) -> None:
         self._retry(lambda: self.inner.delete(key))
 
+    def depend_on(self, key: str) -> None:
+        self.inner.depend_on(key)
+
     def sync(self) -> None:
         self._retry(self.inner.sync)
 

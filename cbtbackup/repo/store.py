@@ -69,7 +69,12 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def sync(self) -> None:
-        """Make every object put so far durable before returning."""
+        """Make every object put or deleted so far, and every one named to :meth:`depend_on`, durable
+        before returning."""
+
+    def depend_on(self, key: str) -> None:  # noqa: B027 - only stores whose puts are not durable at once
+        """A commit is about to depend on ``key``, which this process found rather than put (a chunk an
+        interrupted run or another backup stored): make it durable at the next :meth:`sync` too."""
 
     @abc.abstractmethod
     def capabilities(self) -> StoreCapabilities: ...
