@@ -27,13 +27,14 @@ from cbtbackup.pipeline.integrity import explain_corruption
 from cbtbackup.pipeline.progress import NullProgress, Progress
 from cbtbackup.pipeline.restore_onto import restore_onto
 from cbtbackup.pipeline.restore_stream import stream_image
-from cbtbackup.pipeline.target_io import pwrite_all
+from cbtbackup.pipeline.target_io import pwrite_all, start_writeback
 from cbtbackup.pipeline.workers import BoundedSubmitter, PipelineConfig
 from cbtbackup.repo.chunk_codec import CorruptChunkError
 from cbtbackup.repo.manifest import Manifest
 from cbtbackup.repo.repository import Repository
 
 ZERO_WRITE = 1 << 20
+WRITEBACK_FROM = 256 << 10  # pieces this large start their writeback at once (see start_writeback)
 
 
 STDOUT = "-"
@@ -261,6 +262,8 @@ def _write_all(
         while i >= 0:
             piece = resolved[i]
             pwrite_all(out.fd, view[piece.chunk_offset: piece.chunk_offset + piece.length], piece.offset)
+            if piece.length >= WRITEBACK_FROM:
+                start_writeback(out.fd, piece.offset, piece.length)
             progress.advance(piece.length)
             total += piece.length
             i = link[i]
