@@ -32,20 +32,12 @@ from cbtbackup.repo.config import RepositoryConfig
 from cbtbackup.repo.location import StoreOptions, open_store
 from cbtbackup.repo.repository import Repository
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from backup_vs_borg_restic import drop_caches
+from s3_vs_local import make_image
+
 MiB = 1 << 20
 WRITE = 64 << 10
-
-
-def drop_caches() -> None:
-    os.sync()
-    Path("/proc/sys/vm/drop_caches").write_text("3\n")
-
-
-def make_image(path: Path, size_mib: int) -> None:
-    with open(path, "wb") as f:
-        for i in range(size_mib):
-            kind = i % 4
-            f.write(os.urandom(MiB) if kind == 0 else bytes(MiB) if kind == 1 else os.urandom(MiB // 2).hex().encode())
 
 
 def new_repo(path: Path) -> Repository:

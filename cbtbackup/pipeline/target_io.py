@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import ctypes
 import os
 
 from cbtbackup.errors import os_error
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-_SFR_WRITE = 2
+from cbtbackup.repo.durability import write_back
 
 
 def pwrite_all(fd: int, data: memoryview, offset: int) -> None:
@@ -38,4 +34,4 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
     each large piece is written, the disk works while later chunks are still fetched and decompressed.
     Small pieces are left to the fsync: a call per 64 KiB costs more than it saves. A hint only: it
     changes when data is written, never whether."""
-    _libc.sync_file_range(fd, offset, length, _SFR_WRITE)
+    write_back(fd, offset, length)

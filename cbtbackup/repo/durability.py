@@ -27,6 +27,17 @@ from cbtbackup.errors import StorageError
 FSYNC_LIMIT = 64  # paths (files and directories) fsynced one by one; more, and one syncfs
 
 _libc = ctypes.CDLL(None, use_errno=True)
+_libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+_SFR_WAIT_BEFORE, _SFR_WRITE, _SFR_WAIT_AFTER = 1, 2, 4
+
+
+def write_back(fd: int, offset: int = 0, length: int = 0, *, wait: bool = False) -> bool:
+    """Send a range of a file's written pages to the disk (``length`` 0: to the end) — data only, no
+    metadata and no cache flush, so it never stands in for a sync. ``wait``: return once they are
+    written. False where the file system cannot (the pages are then simply left to the kernel)."""
+    flags = _SFR_WAIT_BEFORE | _SFR_WRITE | _SFR_WAIT_AFTER if wait else _SFR_WRITE
+    # ctypes releases the GIL for the call, so other threads go on working meanwhile.
+    return bool(_libc.sync_file_range(fd, offset, length, flags) == 0)
 
 
 class PendingSync:
@@ -90,28 +101,20 @@ class PendingSync:
                 _syncfs(self._root)
                 return
             for path in sorted(files):
-                _fsync(path, missing_ok=True)  # a file removed since it was put needs nothing
+                _fsync(path)
             for path in sorted(dirs):  # each fsync makes one directory's entries durable: any order
-                _fsync(path, missing_ok=True)
+                _fsync(path)
         except BaseException:
             with self._lock:
                 self._overflow = True
             raise
 
-    @property
-    def recorded(self) -> int:
-        """Paths waiting for the next sync (-1: too many, the next sync is a syncfs)."""
-        with self._lock:
-            return -1 if self._overflow else len(self._files) + len(self._dirs)
 
-
-def _fsync(path: str, missing_ok: bool) -> None:
+def _fsync(path: str) -> None:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
-        if missing_ok:
-            return
-        raise
+        return  # removed since it was recorded: nothing of it to make durable
     except OSError as e:
         raise StorageError(f"cannot open {path} to make it durable: {e.strerror}") from None
     try:

@@ -14,30 +14,24 @@ little to flush. Durability does not change: it still comes from ``sync``.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
 from cbtbackup.errors import NotFoundError, StorageError, os_error
-from cbtbackup.repo.durability import PendingSync
+from cbtbackup.repo.durability import PendingSync, write_back
 from cbtbackup.repo.store import ObjectInfo, Store, StoreCapabilities
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-_libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
 TMP_MARK = ".tmp-"
 WRITE_THROUGH = 64 << 10  # objects at least this large are written through (see the module doc)
-_SFR_WAIT_BEFORE, _SFR_WRITE, _SFR_WAIT_AFTER = 1, 2, 4
 
 
 def _write_through(fd: int) -> None:
     """Send a file's written pages to the disk and drop them from the page cache.
 
     Only a hint for the cache: a file system without ``sync_file_range`` simply keeps its pages."""
-    # ctypes releases the GIL for the call, so other workers go on hashing and compressing meanwhile.
-    if _libc.sync_file_range(fd, 0, 0, _SFR_WAIT_BEFORE | _SFR_WRITE | _SFR_WAIT_AFTER) == 0:
+    if write_back(fd, wait=True):  # the GIL is released meanwhile: other workers go on compressing
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
 
 

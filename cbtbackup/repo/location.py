@@ -32,14 +32,15 @@ def open_store(location: str, options: StoreOptions | None = None, *, create: bo
     path = Path(location)
     if path.exists() and not path.is_dir():
         raise UsageError(f"{location} is not a directory")
-    if not path.exists():
+    made = not path.exists()
+    if made:
         if not create:
             raise NotFoundError(f"no repository at {location}")
         path.mkdir(parents=True, mode=0o700)
-        store = LocalStore(path)
+    store = LocalStore(path)
+    if made:
         store.made_root()
-        return store
-    return LocalStore(path)
+    return store
 
 
 def open_repository(location: str, options: StoreOptions | None = None, passphrase: Passphrase = None) -> Repository:

@@ -33,9 +33,9 @@ class Watch:
         self.syncfs = 0
         real_fsync, real_syncfs = durability._fsync, durability._syncfs
 
-        def fsync(path: str, missing_ok: bool) -> None:
+        def fsync(path: str) -> None:
             self.fsynced.append(path)
-            real_fsync(path, missing_ok)
+            real_fsync(path)
 
         def syncfs(root: Path) -> None:
             self.syncfs += 1
@@ -106,7 +106,7 @@ def test_a_failed_sync_is_tried_again_in_full(tmp_path: Path, watch: Watch, monk
     store = LocalStore(tmp_path)
     store.put("manifests/a", b"1")
 
-    def failing(path: str, missing_ok: bool) -> None:
+    def failing(path: str) -> None:
         raise StorageError(f"sync of {path} failed: Input/output error")
 
     monkeypatch.setattr(durability, "_fsync", failing)
