@@ -23,6 +23,7 @@ from cbtbackup.model.checkpoint import CbtCheckpoint
 from cbtbackup.model.extent_map import ZERO_DIGEST, ExtentMap, Piece, overlay
 from cbtbackup.pipeline.chains import candidate_names, chain_for, this_host
 from cbtbackup.pipeline.hooks import Hook, no_hook
+from cbtbackup.pipeline.packing import ExtentPacker, Pack
 from cbtbackup.pipeline.plan import Extent, aligned_extents, cbt_extents, lost_runs, merge_runs, read_spans
 from cbtbackup.pipeline.progress import NullProgress, Progress
 from cbtbackup.pipeline.scan_compare import PreviousImage
@@ -220,7 +221,7 @@ def backup_session(
     # A scan looks up only what differs, which is not known before reading: its chunks are asked one by one.
     expected_lookups = 0 if method == "scan" else -(-total // repo.config.chunk_size)
     writer = _ChunkWriter(repo, known, repo.chunk_presence(expected_lookups))
-    own = _run_chunks(session, extents, previous, writer, progress, config, repo)
+    own = _run_chunks(session, extents, previous, writer, progress, config, repo, pack=method == "cbt")
     progress.finish()
     session.check_intact()  # a snapshot that lost data while it was read must not become a backup
     resolved = own if prev_map is None else overlay(own, prev_map)
@@ -338,8 +339,13 @@ def _run_chunks(
     progress: Progress,
     config: PipelineConfig,
     repo: Repository,
+    pack: bool = False,
 ) -> ExtentMap:
+    """Read, hash, compress and store the planned extents; the map of what was stored.
+
+    With ``pack`` (a CBT incremental), extents shorter than a chunk share chunks (see packing.py)."""
     results = _Results()
+    chunk_size = repo.config.chunk_size
 
     def process(seq: int, data: bytes | memoryview, pieces: list[Piece] | None) -> None:
         digest = ZERO_DIGEST if _is_zero(data) else repo.chunk_id(data)
@@ -367,6 +373,16 @@ def _run_chunks(
             writer.count_changed(sum(length for _, length in parts))
         progress.advance(len(data))
 
+    def process_pack(packed: Pack) -> None:
+        data = memoryview(packed.data)
+        digest = repo.chunk_id(data)
+        writer.store(digest, data)
+        for seq, chunk_offset, _ in packed.members:
+            results.keep(seq, digest, chunk_offset)
+        writer.count_changed(len(packed))
+        progress.advance(len(packed))
+
+    packer = ExtentPacker(chunk_size) if pack else None
     workers = config.worker_count(repo.store.capabilities().parallelism)
     executor = config.make_executor(workers)
     submitter = BoundedSubmitter(executor, config.max_inflight_bytes)
@@ -379,8 +395,17 @@ def _run_chunks(
                 # one buffer of the read.
                 data = read if len(span) == 1 else read[offset - start: offset - start + length]
                 writer.stats.bytes_scanned += length
+                seq = results.plan(offset, length)
+                if packer is not None and length < chunk_size and not _is_zero(data):
+                    full = packer.add(seq, data)
+                    if full is not None:
+                        submitter.submit(len(full), process_pack, full)
+                    continue
                 pieces = previous.pieces(offset, length) if previous else None
-                submitter.submit(length, process, results.plan(offset, length), data, pieces)
+                submitter.submit(length, process, seq, data, pieces)
+        last = packer.flush() if packer is not None else None
+        if last is not None:
+            submitter.submit(len(last), process_pack, last)
         submitter.drain()
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
@@ -388,7 +413,7 @@ def _run_chunks(
 
 
 class _Results:
-    """What each planned extent came to, in plan order, in packed arrays (about 45 bytes an extent).
+    """What each planned extent came to, in plan order, in packed arrays (about 49 bytes an extent).
 
     The reader thread plans slots; workers fill them in any order. Every call is one operation on a
     bytearray or an array, which the interpreter does whole, so no lock is needed.
@@ -398,6 +423,7 @@ class _Results:
         self._offsets = array("Q")
         self._lengths = array("I")
         self._digests = bytearray()
+        self._chunk_offsets = array("I")  # nonzero for an extent packed with others into a shared chunk
         self._kept = bytearray()  # 0: unchanged, 1: kept whole, 2: kept in parts
         self._parts: dict[int, list[tuple[int, int, bytes]]] = {}
 
@@ -405,14 +431,16 @@ class _Results:
         self._offsets.append(offset)
         self._lengths.append(length)
         self._digests += ZERO_DIGEST
+        self._chunk_offsets.append(0)
         self._kept.append(0)
         return len(self._kept) - 1
 
     def offset(self, seq: int) -> int:
         return self._offsets[seq]
 
-    def keep(self, seq: int, digest: bytes) -> None:
+    def keep(self, seq: int, digest: bytes, chunk_offset: int = 0) -> None:
         self._digests[seq * 32: seq * 32 + 32] = digest
+        self._chunk_offsets[seq] = chunk_offset
         self._kept[seq] = 1
 
     def keep_parts(self, seq: int, parts: list[tuple[int, int, bytes]]) -> None:
@@ -424,7 +452,8 @@ class _Results:
         out = ExtentMap()
         for seq, kept in enumerate(self._kept):
             if kept == 1:
-                out.append(self._offsets[seq], self._lengths[seq], bytes(self._digests[seq * 32: seq * 32 + 32]))
+                out.append(self._offsets[seq], self._lengths[seq], bytes(self._digests[seq * 32: seq * 32 + 32]),
+                           self._chunk_offsets[seq])
             elif kept == 2:
                 for offset, length, digest in self._parts[seq]:
                     out.append(offset, length, digest)

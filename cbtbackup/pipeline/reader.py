@@ -9,13 +9,13 @@ never into bytes. Memory is the cache's bound plus the chunks being read, whatev
 from __future__ import annotations
 
 import bisect
-import collections
 import threading
 from array import array
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 from cbtbackup.model.extent_map import Piece
+from cbtbackup.pipeline.chunk_cache import ChunkCache
 from cbtbackup.repo.manifest import BackupRef, Manifest
 from cbtbackup.repo.repository import Repository
 
@@ -32,11 +32,8 @@ class BackupReader:
         self.manifest, self.map = repo.resolve(ref)
         self.size = self.manifest.device_size
         self._starts = array("Q", (self.map[i].offset for i in range(len(self.map))))
-        self._cache: collections.OrderedDict[bytes, bytes] = collections.OrderedDict()
-        self._cached_bytes = 0
-        self._limit = cache_bytes
+        self._cache = ChunkCache(repo.get_chunk, cache_bytes)
         self._lock = threading.Lock()
-        self.chunks_fetched = 0
         self._last_end = -1
         self._ahead: set[bytes] = set()  # digests being fetched ahead
         self._pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="read-ahead")
@@ -70,7 +67,7 @@ class BackupReader:
 
     def _read_ahead(self, start: int) -> None:
         """Fetch the chunks of the next stretch in the background, so a sequential reader does not wait."""
-        budget = min(READ_AHEAD, self._limit // 2)
+        budget = min(READ_AHEAD, self._cache.limit // 2)
         for p in self.pieces(start, budget):
             if p.is_zero:
                 continue
@@ -92,20 +89,10 @@ class BackupReader:
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
+    @property
+    def chunks_fetched(self) -> int:
+        return self._cache.fetched
+
     def chunk(self, digest: bytes) -> bytes:
         """A verified chunk, from the cache or the repository."""
-        with self._lock:
-            data = self._cache.get(digest)
-            if data is not None:
-                self._cache.move_to_end(digest)
-                return data
-        data = self.repo.get_chunk(digest)  # outside the lock: fetches run in parallel
-        with self._lock:
-            self.chunks_fetched += 1
-            if digest not in self._cache:
-                self._cache[digest] = data
-                self._cached_bytes += len(data)
-                while self._cached_bytes > self._limit and len(self._cache) > 1:
-                    _, old = self._cache.popitem(last=False)
-                    self._cached_bytes -= len(old)
-        return data
+        return self._cache.get(digest)

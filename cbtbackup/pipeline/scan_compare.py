@@ -12,27 +12,31 @@ holds it:
   blocks that differ are stored. A previous chunk that cannot be read counts as different, so the bytes
   are stored again rather than trusted.
 
+Previous chunks are kept in a cache bounded in bytes: after CBT incrementals one chunk serves many extents
+(a full's chunk the pieces an incremental left of it, a packed incremental's chunk up to a chunk's worth
+of scattered blocks), and the scan walks the image in order, so each is fetched about once.
+
 Nothing here needs local state: a new machine with an empty state directory scans exactly as well, at the
 cost of reading back the previous chunks of the extents that changed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from cbtbackup.errors import CorruptDataError, NotFoundError
 from cbtbackup.model.extent_map import ZERO_DIGEST, ExtentMap, Piece
+from cbtbackup.pipeline.chunk_cache import ChunkCache, FetchChunk
 
 Part = tuple[int, int]  # (offset, length) of a run of blocks that differ
-FetchChunk = Callable[[bytes], bytes]
+PREVIOUS_CACHE = 64 << 20
 
 
 class PreviousImage:
     """The previous backup's resolved map, walked forward as the scan reads extents in order."""
 
-    def __init__(self, resolved: ExtentMap, fetch: FetchChunk, block_size: int, lost: set[bytes]) -> None:
+    def __init__(self, resolved: ExtentMap, fetch: FetchChunk, block_size: int, lost: set[bytes],
+                 cache_bytes: int = PREVIOUS_CACHE) -> None:
         self._map = resolved
-        self._fetch = fetch
+        self._chunks = ChunkCache(fetch, cache_bytes)
         self._lost = lost  # quarantined chunks: never equal to anything, so their bytes are stored again
         self._i = 0
         self.block_size = block_size
@@ -75,7 +79,7 @@ class PreviousImage:
             if p.digest in self._lost:
                 return None
             try:
-                chunk = self._fetch(p.digest)
+                chunk = self._chunks.get(p.digest)
             except (CorruptDataError, NotFoundError):
                 return None
             if p.chunk_offset + p.length > len(chunk):

@@ -44,11 +44,14 @@ def test_cbt_incremental_at_block_granularity(
     inc = run_backup(repo, BackupOptions(str(image), "incr"), progress, config)
     assert inc.manifest.method == "cbt" and progress.notices == []
     assert [(p.offset, p.length) for p in inc.manifest.extents] == [(8 * KiB, 4 * KiB), (100 * KiB, 20 * KiB)]
+    # The two short extents share one chunk, each at its place in it.
+    assert [p.chunk_offset for p in inc.manifest.extents] == [0, 4 * KiB]
+    assert len({p.digest for p in inc.manifest.extents}) == 1 and inc.manifest.stats.chunks_new == 1
     assert inc.manifest.stats.bytes_scanned == 24 * KiB
     out = tmp_path / "out.img"
     run_restore(repo, RestoreOptions(inc.manifest.ref.id, str(out)), config=config)
     assert out.read_bytes() == image.read_bytes()
-    assert run_verify(repo, None, config=config).chunks_checked == 34
+    assert run_verify(repo, None, config=config).chunks_checked == 33
 
 
 def test_scan_incremental_records_only_differences(repo: Repository, make_image: MakeImage) -> None:
