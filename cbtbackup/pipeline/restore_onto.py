@@ -4,23 +4,28 @@ The target is read once, piece by piece of the backup's map. Where a piece is on
 target's bytes are hashed with the repository's chunk id: equal means equal, and nothing is fetched or
 written. Elsewhere the chunk is fetched and verified, and the target is compared block by block (64 KiB);
 only the blocks that differ are written. Zero pieces write zeros only where the target is not zero.
+Fetched chunks are cached (bounded in bytes): a chunk shared by many pieces — a full's around an
+incremental's changes, a packed incremental's — is fetched about once.
 """
 
 from __future__ import annotations
 
 import os
 
-from cbtbackup.model.extent_map import ExtentMap, Piece
+from cbtbackup.model.extent_map import ExtentMap
+from cbtbackup.pipeline.chunk_cache import ChunkCache
 from cbtbackup.pipeline.progress import Progress
 from cbtbackup.pipeline.target_io import pread_full, pwrite_all
 from cbtbackup.repo.repository import Repository
 
 BLOCK = 64 << 10
+CACHE = 64 << 20
 
 
 def restore_onto(repo: Repository, resolved: ExtentMap, fd: int, progress: Progress) -> tuple[int, int, int]:
     """(bytes read from the target, bytes written to it, chunks fetched)."""
-    read = written = fetched = 0
+    read = written = 0
+    chunks = ChunkCache(repo.get_chunk, CACHE)
     for i in range(len(resolved)):
         piece = resolved[i]
         have = pread_full(fd, piece.offset, piece.length)
@@ -31,16 +36,11 @@ def restore_onto(repo: Repository, resolved: ExtentMap, fd: int, progress: Progr
             progress.advance(piece.length)
             continue
         else:
-            want = _wanted(repo, piece)
-            fetched += 1
+            want = chunks.get(piece.digest)[piece.chunk_offset: piece.chunk_offset + piece.length]
         written += _write_differences(fd, piece.offset, have, want)
         progress.advance(piece.length)
     os.fsync(fd)
-    return read, written, fetched
-
-
-def _wanted(repo: Repository, piece: Piece) -> bytes:
-    return repo.get_chunk(piece.digest)[piece.chunk_offset: piece.chunk_offset + piece.length]
+    return read, written, chunks.fetched
 
 
 def _write_differences(fd: int, offset: int, have: bytes, want: bytes) -> int:

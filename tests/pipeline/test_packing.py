@@ -198,3 +198,19 @@ def test_prune_keeps_a_pack_while_any_kept_backup_uses_part_of_it(
     assert stored_chunks(packed) & {p.digest for p in repo.resolve(repo.find(latest.ref.id))[1]}
     restores_to(repo, latest.ref.id, image.read_bytes(), tmp_path / "out.img")
     assert run_verify(repo, None).ok
+
+
+def test_restore_onto_a_stale_copy_fetches_each_pack_once(repo: Repository, image: Path, tmp_path: Path) -> None:
+    rng = random.Random(6)
+    full = run_backup(repo, BackupOptions(str(image), "full")).manifest
+    stale = tmp_path / "stale.img"
+    restores_to(repo, full.ref.id, image.read_bytes(), stale)
+    for _ in range(3):
+        scattered_writes(image, rng, 20)
+        latest = incr(repo, image).manifest
+    result = run_restore(repo, RestoreOptions(latest.ref.id, str(stale), onto_existing=True))
+    assert stale.read_bytes() == image.read_bytes()
+    resolved = repo.resolve(repo.find(latest.ref.id))[1]
+    # Every piece differs from the stale copy's hash; still each chunk is fetched once.
+    assert result.chunks_fetched <= len(stored_chunks_of(resolved))
+    assert result.bytes_written <= 3 * 20 * BS  # only the blocks the incrementals changed
