@@ -4,6 +4,7 @@ The main thread reads extents in order from the snapshot image; a pool hashes, c
 them with a bounded number of bytes in flight. Chunks already in the chain are not even looked up; other
 chunks are looked up once (an interrupted earlier run may have stored them) and put if missing. The
 manifest is written last, after the chunks are durable, and the snapshot is destroyed on every path.
+A CBT incremental packs its extents shorter than a chunk into shared chunks (``packing.py``).
 """
 
 from __future__ import annotations
