@@ -17,7 +17,10 @@ from cbtbackup.pipeline.forget import ForgetOptions, run_forget
 from cbtbackup.pipeline.integrity import run_verify
 from cbtbackup.pipeline.packing import ExtentPacker
 from cbtbackup.pipeline.prune import PruneOptions, run_prune
+from cbtbackup.pipeline.progress import NullProgress
 from cbtbackup.pipeline.restore import RestoreOptions, run_restore
+from cbtbackup.pipeline.restore_stream import stream_image
+from cbtbackup.pipeline.workers import PipelineConfig
 from cbtbackup.repo.config import RepositoryConfig
 from cbtbackup.repo.local_store import LocalStore
 from cbtbackup.repo.manifest import Manifest
@@ -214,3 +217,25 @@ def test_restore_onto_a_stale_copy_fetches_each_pack_once(repo: Repository, imag
     # Every piece differs from the stale copy's hash; still each chunk is fetched once.
     assert result.chunks_fetched <= len(stored_chunks_of(resolved))
     assert result.bytes_written <= 3 * 20 * BS  # only the blocks the incrementals changed
+
+
+@pytest.mark.parametrize("kept_bytes", [64 * MiB, 1], ids=["kept until last use", "let go at once"])
+def test_a_packed_chain_streams_in_order_within_its_memory_bound(
+    repo: Repository, image: Path, tmp_path: Path, kept_bytes: int
+) -> None:
+    rng = random.Random(8)
+    run_backup(repo, BackupOptions(str(image), "full"))
+    for _ in range(4):
+        scattered_writes(image, rng, 20)
+        latest = incr(repo, image).manifest
+    resolved = repo.resolve(repo.find(latest.ref.id))[1]
+    out = tmp_path / "stream.img"
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        written, fetched = stream_image(repo, resolved, fd, NullProgress(), PipelineConfig(), kept_bytes)
+    finally:
+        os.close(fd)
+    assert written == SIZE and out.read_bytes() == image.read_bytes()
+    distinct = len(stored_chunks_of(resolved))
+    # Kept: each chunk fetched once. Let go: packs serving several places are fetched again for each.
+    assert fetched == distinct if kept_bytes > 1 else fetched > distinct
