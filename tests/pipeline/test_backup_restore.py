@@ -18,6 +18,7 @@ from cbtbackup.repo.config import RepositoryConfig
 from cbtbackup.repo.location import open_store
 from cbtbackup.repo.repository import Repository
 from tests.conftest import MakeImage
+from tests.pipeline.fetch_counting import count_chunk_fetches
 
 SERIAL = PipelineConfig(workers=1, max_inflight_bytes=1, executor_factory=lambda n: SerialExecutor())
 KiB = 1 << 10
@@ -74,14 +75,7 @@ def test_chunks_referenced_twice_are_fetched_once(repo: Repository, make_image: 
         for i in range(0, 16, 3):
             f.seek(i * 64 * KiB)
             f.write(block)
-    fetched: list[bytes] = []
-    real_get = repo.get_chunk
-
-    def counting_get(digest: bytes) -> bytes:
-        fetched.append(digest)
-        return real_get(digest)
-
-    repo.get_chunk = counting_get  # type: ignore[method-assign]
+    fetched = count_chunk_fetches(repo)
     run_backup(repo, BackupOptions(str(image), "full"), config=SERIAL)
     result = run_restore(repo, RestoreOptions("latest", str(tmp_path / "o")), config=SERIAL)
     assert result.chunks_fetched == 1 and len(fetched) == 1

@@ -16,8 +16,8 @@ from cbtbackup.pipeline.backup import BackupOptions, BackupResult, run_backup
 from cbtbackup.pipeline.forget import ForgetOptions, run_forget
 from cbtbackup.pipeline.integrity import run_verify
 from cbtbackup.pipeline.packing import ExtentPacker
-from cbtbackup.pipeline.prune import PruneOptions, run_prune
 from cbtbackup.pipeline.progress import NullProgress
+from cbtbackup.pipeline.prune import PruneOptions, run_prune
 from cbtbackup.pipeline.restore import RestoreOptions, run_restore
 from cbtbackup.pipeline.restore_stream import stream_image
 from cbtbackup.pipeline.workers import PipelineConfig
@@ -25,6 +25,7 @@ from cbtbackup.repo.config import RepositoryConfig
 from cbtbackup.repo.local_store import LocalStore
 from cbtbackup.repo.manifest import Manifest
 from cbtbackup.repo.repository import Repository
+from tests.pipeline.fetch_counting import count_chunk_fetches
 
 KiB, MiB = 1 << 10, 1 << 20
 BS = 64 * KiB
@@ -128,14 +129,7 @@ def test_writes_around_the_tracker_after_packed_incrementals_are_found_by_a_scan
             f.seek(block * BS + 1000)
             f.write(os.urandom(100))
     previous = repo.resolve(repo.find("latest"))[1]
-    fetched: list[bytes] = []
-    fetch = repo.get_chunk
-
-    def counted(digest: bytes) -> bytes:
-        fetched.append(digest)
-        return fetch(digest)
-
-    repo.get_chunk = counted  # type: ignore[method-assign]
+    fetched = count_chunk_fetches(repo)
     result = run_backup(repo, BackupOptions(str(image), "incr"))
     assert result.manifest.method == "scan"
     # Each previous chunk is read back at most once, however many extents it serves.
