@@ -27,14 +27,20 @@ from cbtbackup.pipeline.integrity import explain_corruption
 from cbtbackup.pipeline.progress import NullProgress, Progress
 from cbtbackup.pipeline.restore_onto import restore_onto
 from cbtbackup.pipeline.restore_stream import stream_image
-from cbtbackup.pipeline.target_io import pwrite_all, start_writeback
+from cbtbackup.pipeline.target_io import DirectWriter, pwrite_all, start_writeback
 from cbtbackup.pipeline.workers import BoundedSubmitter, PipelineConfig
 from cbtbackup.repo.chunk_codec import CorruptChunkError
 from cbtbackup.repo.manifest import Manifest
 from cbtbackup.repo.repository import Repository
 
 ZERO_WRITE = 1 << 20
-WRITEBACK_FROM = 256 << 10  # pieces this large start their writeback at once (see start_writeback)
+# Pieces of a megabyte or more are written directly where the file system allows (DirectWriter). A direct
+# write returns only once on the device, so for smaller pieces the wait costs more than the copy into the
+# page cache saves (a chain's restore, whose fulls' chunks are cut by later changes, took 1.23x as long
+# with direct writes from 256 KiB, the same as buffered from 1 MiB). Buffered pieces from 256 KiB start
+# their writeback at once (start_writeback); smaller ones are left to the final fsync.
+DIRECT_FROM = 1 << 20
+WRITEBACK_FROM = 256 << 10
 
 
 STDOUT = "-"
@@ -121,6 +127,7 @@ class _Target:
     def __init__(self, path: Path, fd: int, fresh: bool, claim: TargetClaim | None = None,
                  tmp: Path | None = None) -> None:
         self.path, self.fd, self.fresh, self._claim, self._tmp = path, fd, fresh, claim, tmp
+        self.direct = DirectWriter(fd)
 
     @classmethod
     def open(cls, path: Path, size: int, force: bool) -> _Target:
@@ -190,6 +197,7 @@ class _Target:
             raise os_error(e, f"cannot create {self.path}") from None
 
     def abandon(self) -> None:
+        self.direct.close()
         if self._claim is not None:
             self._claim.close()
             self._claim = None
@@ -261,9 +269,11 @@ def _write_all(
         total = 0
         while i >= 0:
             piece = resolved[i]
-            pwrite_all(out.fd, view[piece.chunk_offset: piece.chunk_offset + piece.length], piece.offset)
-            if piece.length >= WRITEBACK_FROM:
-                start_writeback(out.fd, piece.offset, piece.length)
+            part = view[piece.chunk_offset: piece.chunk_offset + piece.length]
+            if piece.length < DIRECT_FROM or not out.direct.write(part, piece.offset):
+                pwrite_all(out.fd, part, piece.offset)
+                if piece.length >= WRITEBACK_FROM:
+                    start_writeback(out.fd, piece.offset, piece.length)
             progress.advance(piece.length)
             total += piece.length
             i = link[i]
