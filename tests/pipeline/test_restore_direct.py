@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -122,3 +123,23 @@ def test_where_direct_writes_are_refused_the_restore_is_buffered(
     run_restore(repo, RestoreOptions(backup.ref.id, str(out)))
     assert out.read_bytes() == image.read_bytes()
     assert sorted(refused) == [i * MiB for i in range(6)]  # every whole chunk was offered, then buffered
+
+
+def test_a_forced_restore_onto_a_block_device_goes_direct(
+    repo: Repository, image: Path, tmp_path: Path, direct_writes: list[tuple[int, int]]
+) -> None:
+    backing = tmp_path / "device.img"
+    backing.write_bytes(os.urandom(7 * MiB))
+    dev = subprocess.run(["losetup", "--find", "--show", str(backing)], check=True, capture_output=True,
+                         text=True).stdout.strip()
+    try:
+        with open(dev, "rb") as f:
+            f.read()  # the device's old bytes are in the page cache now
+        backup = run_backup(repo, BackupOptions(str(image), "full")).manifest
+        run_restore(repo, RestoreOptions(backup.ref.id, dev, force=True))
+        size = image.stat().st_size
+        with open(dev, "rb") as f:
+            assert f.read(size) == image.read_bytes()
+    finally:
+        subprocess.run(["losetup", "-d", dev], check=True)
+    assert sorted(direct_writes) == [(i * MiB, MiB) for i in range(6)]
