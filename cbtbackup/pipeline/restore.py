@@ -36,7 +36,7 @@ from cbtbackup.repo.repository import Repository
 ZERO_WRITE = 1 << 20
 # Pieces of a megabyte or more are written directly where the file system allows (DirectWriter). A direct
 # write returns only once on the device, so for smaller pieces the wait costs more than the copy into the
-# page cache saves (a chain's restore, whose fulls' chunks are cut by later changes, took 1.23x as long
+# page cache saves (a chain's restore, whose fulls' chunks are cut by later changes, took 1.2x as long
 # with direct writes from 256 KiB, the same as buffered from 1 MiB). Buffered pieces from 256 KiB start
 # their writeback at once (start_writeback); smaller ones are left to the final fsync.
 DIRECT_FROM = 1 << 20

@@ -52,7 +52,7 @@ class DirectWriter:
     from one aligned buffer per thread; the final fsync finds only metadata left, and the restore does
     not push the machine's cached data out. The target is opened a second time for it (the first open
     stays buffered, for small or unaligned pieces and zeros); where the file system refuses direct I/O
-    (tmpfs, some FUSE and network file systems) nothing is written this way."""
+    (tmpfs before Linux 6.6, some FUSE and network file systems) nothing is written this way."""
 
     def __init__(self, fd: int) -> None:
         self._local = threading.local()
