@@ -128,8 +128,7 @@ class S3Store(Store):
             page = self._call("list", prefix, next, iterator, None)
             if page is None:
                 break
-            for item in page.get("Contents", []):
-                found.append(ObjectInfo(item["Key"][len(self.prefix):], int(item["Size"]), str(item.get("ETag", ""))))
+            found.extend(self._listed(item) for item in page.get("Contents", []))
         return iter(sorted(found, key=lambda o: o.key))
 
     def list_page(self, prefix: str, start_after: str = "", limit: int = 1000) -> ListPage:
@@ -140,9 +139,11 @@ class S3Store(Store):
         if start_after:
             kwargs["StartAfter"] = self.prefix + start_after
         answer = self._call("list", prefix, self._client.list_objects_v2, **kwargs)
-        page = [ObjectInfo(item["Key"][len(self.prefix):], int(item["Size"]), str(item.get("ETag", "")))
-                for item in answer.get("Contents", [])]
-        return page, bool(answer.get("IsTruncated"))
+        return [self._listed(item) for item in answer.get("Contents", [])], bool(answer.get("IsTruncated"))
+
+    def _listed(self, item: dict[str, Any]) -> ObjectInfo:
+        """An object of a ListObjectsV2 answer, its key without the repository's prefix."""
+        return ObjectInfo(item["Key"][len(self.prefix):], int(item["Size"]), str(item.get("ETag", "")))
 
     def delete(self, key: str) -> None:
         self._call("delete", key, self._client.delete_object, Bucket=self.bucket, Key=self.prefix + key)
