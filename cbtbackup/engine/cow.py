@@ -12,11 +12,11 @@ buffer, the second look finds the copy and the reader takes the old content from
 from __future__ import annotations
 
 import errno
-import os
 from collections.abc import Callable
 
 from cbtbackup.engine.diff_storage import DiffStorage, DiffStorageFull
 from cbtbackup.engine.geometry import index_range
+from cbtbackup.engine.read_once import pread_once, preadv_once
 from cbtbackup.errors import StorageError
 
 
@@ -85,8 +85,8 @@ class CowFilter:
         if not any(i in self._copied for i in chunks):
             # The common case of a backup: nothing in the range was overwritten since the take. One read
             # straight into the bytes returned; after a short read, or if a chunk was copied meanwhile, the
-            # careful path reads again.
-            data = os.pread(self._fd, length, offset)
+            # careful path reads again. A backup reads the image once: the pages are not kept.
+            data = pread_once(self._fd, length, offset)
             if len(data) == length and not any(i in self._copied for i in chunks):
                 return data
         out = bytearray(length)
@@ -121,7 +121,7 @@ class CowFilter:
     def _pread_into(fd: int, dest: memoryview, offset: int) -> None:
         done = 0
         while done < len(dest):
-            n = os.preadv(fd, [dest[done:]], offset + done)
+            n = preadv_once(fd, dest[done:], offset + done)
             if n == 0:
                 raise StorageError("unexpected end of file while reading a snapshot image")
             done += n

@@ -11,12 +11,13 @@ from pathlib import Path
 
 from cbtbackup.engine.errors import OutOfRangeError
 from cbtbackup.engine.providers.base import CbtState, SnapshotSession
+from cbtbackup.engine.read_once import pread_once
 from cbtbackup.engine.source_file import open_image_or_device
 from cbtbackup.errors import StorageError
 
 
 class FileReader:
-    """Reads of a file or block device by offset."""
+    """Reads of a file or block device by offset, for a backup's one pass: they do not fill the page cache."""
 
     def __init__(self, path: Path) -> None:
         self._fd, _, self.size = open_image_or_device(path, os.O_RDONLY)
@@ -26,7 +27,7 @@ class FileReader:
         if offset < 0 or length < 0 or offset + length > self.size:
             raise OutOfRangeError(f"read of {length} bytes at {offset} is outside {self.path}")
         try:
-            data = os.pread(self._fd, length, offset)
+            data = pread_once(self._fd, length, offset)  # read once: the pages are not kept
         except OSError as e:
             raise StorageError(f"read of {self.path} failed: {e.strerror}") from e
         if len(data) != length:
