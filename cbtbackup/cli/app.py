@@ -44,7 +44,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "mount": ("cbtbackup.cli.commands.access", "mount", "Mount backups read-only as image files (FUSE)."),
     "serve": ("cbtbackup.cli.commands.access", "serve", "Serve a backup read-only over NBD."),
     "verify": ("cbtbackup.cli.commands.repository", "verify", "Check every chunk backups need."),
-    "key": ("cbtbackup.cli.commands.keys", "key", "Key slots of an encrypted repository: list, add, remove, passwd."),
+    "key": ("cbtbackup.cli.commands.keys", "key", "Keys of an encrypted repository: list, add, remove, passwd, export"),
     "forget": ("cbtbackup.cli.commands.lifecycle", "forget", "Remove backups by id or by retention rules."),
     "prune": ("cbtbackup.cli.commands.lifecycle", "prune", "Delete chunks no backup needs."),
     "synthesize": ("cbtbackup.cli.commands.lifecycle", "synthesize", "Write a synthetic full of a backup."),
@@ -86,13 +86,16 @@ def repo_option(f: F) -> F:
 
     @functools.wraps(inner)
     def with_passwords(*args: Any, password_file: str | None = None, password_command: str | None = None,
-                       **kwargs: Any) -> Any:
+                       key_file: str | None = None, **kwargs: Any) -> Any:
         from cbtbackup.cli.passphrase import CURRENT, PasswordOptions
 
-        CURRENT.set(PasswordOptions(password_file, password_command))
+        CURRENT.set(PasswordOptions(password_file, password_command, key_file))
         return inner(*args, **kwargs)
 
     f = cast(F, with_passwords)
+    f = click.option("--key-file", envvar="CBTBACKUP_KEY_FILE", metavar="FILE",
+                     help="Open the repository with the key file FILE (see key export) instead of a passphrase; "
+                          "or set CBTBACKUP_KEY_FILE.")(f)
     f = click.option("--password-command", metavar="CMD",
                      help="Run CMD and use the first line it prints as the passphrase.")(f)
     f = click.option("--password-file", metavar="FILE",

@@ -1,7 +1,9 @@
 """Where a repository's passphrase comes from — never from a command-line argument, never printed.
 
-In this order: ``--password-file FILE`` (its first line), ``--password-command CMD`` (the first line it
-prints), ``$CBTBACKUP_PASSWORD``, and a prompt when standard input is a terminal. A new passphrase (for
+A key file (``--key-file FILE`` or ``$CBTBACKUP_KEY_FILE``, ``repo/key_file.py``) comes first: it opens the
+repository without a passphrase. Otherwise, in this order: ``--password-file FILE`` (its first line),
+``--password-command CMD`` (the first line it prints), ``$CBTBACKUP_PASSWORD``, and a prompt when standard
+input is a terminal. A new passphrase (for
 ``init``, ``key add``, ``key passwd``) comes from ``--new-password-file``, ``$CBTBACKUP_NEW_PASSWORD`` or a
 prompt asked twice; ``init`` takes it from the ordinary sources.
 """
@@ -16,15 +18,21 @@ import shlex
 import subprocess
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from cbtbackup.errors import UsageError, os_error
+from cbtbackup.repo.key_file import read_key_file
 from cbtbackup.repo.keys import UnlockError
+
+if TYPE_CHECKING:
+    from cbtbackup.repo.repository import Secret
 
 
 @dataclasses.dataclass(frozen=True)
 class PasswordOptions:
     file: str | None = None
     command: str | None = None
+    key_file: str | None = None
 
 
 # Set by the options of the command that runs (see cli/app.py's repo_option); read when a repository asks.
@@ -74,9 +82,17 @@ def read_passphrase(location: str, confirm: bool = False) -> str | None:
     return None
 
 
-def passphrase_for(location: str) -> Callable[[], str | None]:
+def read_secret(location: str) -> Secret | None:
+    """What opens ``location``: the key file if one is given, else the passphrase."""
+    options = CURRENT.get() or PasswordOptions()
+    if options.key_file:
+        return read_key_file(options.key_file)
+    return read_passphrase(location)
+
+
+def passphrase_for(location: str) -> Callable[[], Secret | None]:
     """Asked only if the repository turns out to be encrypted."""
-    return lambda: read_passphrase(location)
+    return lambda: read_secret(location)
 
 
 def read_new_passphrase(new_file: str | None) -> str:

@@ -33,6 +33,7 @@ from cbtbackup.model.extent_map import ExtentMap, resolve_chain
 from cbtbackup.repo.chunk_codec import ChunkCodec, CorruptChunkError, MissingChunkError
 from cbtbackup.repo.chunk_presence import ChunkPresence, chunk_presence
 from cbtbackup.repo.config import RepositoryConfig
+from cbtbackup.repo.key_file import KeyFile, write_key_file
 from cbtbackup.repo.keys import KeySlots, UnlockError
 from cbtbackup.repo.locks import Locker
 from cbtbackup.repo.manifest import BACKUPS_PREFIX, BackupRef, Manifest
@@ -41,7 +42,10 @@ from cbtbackup.repo.quarantine import Quarantine
 from cbtbackup.repo.sealing import AeadSealer, PlainSealer, Sealer
 from cbtbackup.repo.store import Store
 
-Passphrase = str | Callable[[], str | None] | None  # asked for only when the repository is encrypted
+# What unlocks an encrypted repository: a passphrase (through a key slot) or a key file; asked for only
+# when the repository turns out to be encrypted.
+Secret = str | KeyFile
+Passphrase = Secret | Callable[[], Secret | None] | None
 CONFIG_KEY = "config"
 CHUNKS_PREFIX = "chunks/"
 HEADS_PREFIX = "heads/"
@@ -120,12 +124,27 @@ class Repository:
         given = passphrase() if callable(passphrase) else passphrase
         if not given:
             raise UnlockError(f"{location} is encrypted: give its passphrase (CBTBACKUP_PASSWORD, --password-file, "
-                              "--password-command, or a terminal)")
-        master, slot = KeySlots(store, config.id).unlock(given)
+                              "--password-command, or a terminal) or a key file (--key-file)")
+        slot: str | None = None
+        if isinstance(given, KeyFile):  # the master key itself: no key slot, no Argon2id
+            if given.repository != config.id:
+                raise UnlockError(f"the key file {given.path} is for another repository, not {location}")
+            master = given.master
+        else:
+            master, slot = KeySlots(store, config.id).unlock(given)
         sealer = AeadSealer(config.encryption, master)
         if sealer.config_mac(config.body_for_mac()) != config.mac:
+            if isinstance(given, KeyFile):  # a key slot proves its key; a key file only names the repository
+                raise UnlockError(f"the key file {given.path} does not open {location}: its key does not match "
+                                  "the config's MAC (a wrong key, or a changed config)")
             raise CorruptDataError(f"{location}: the config was changed (its MAC does not match the key)")
         return cls(store, config, location, sealer=sealer, key_slot=slot, master=master)
+
+    def write_key_file(self, path: str, replace: bool = False) -> None:
+        """Write this repository's master key to a key file (the repository must be encrypted and unlocked)."""
+        if self._master is None:
+            raise UsageError(f"{self.location} is not encrypted: it has no key to write")
+        write_key_file(path, self.config.id, self._master, replace=replace)
 
     def add_key(self, passphrase: str) -> str:
         """A new key slot for ``passphrase`` (the repository must be encrypted and unlocked)."""

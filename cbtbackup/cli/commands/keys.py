@@ -1,4 +1,5 @@
-"""``key list | add | remove | passwd``: the passphrases that open an encrypted repository."""
+"""``key list | add | remove | passwd | export``: what opens an encrypted repository — passphrases (key slots)
+and key files."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import click
 from cbtbackup.cli.app import emit, json_option, repo_option
 from cbtbackup.cli.passphrase import read_new_passphrase
 from cbtbackup.cli.repository_access import open_repo
+from cbtbackup.errors import UsageError
 
 NEW_FILE_HELP = "Read the new passphrase from the first line of FILE (or set CBTBACKUP_NEW_PASSWORD)."
 
@@ -60,7 +62,25 @@ def remove(repo: str, endpoint_url: str | None, slot: str, as_json: bool) -> Non
 def passwd(repo: str, endpoint_url: str | None, new_password_file: str | None, as_json: bool) -> None:
     """Change the passphrase: a new slot for the new one, then the slot of the old one goes."""
     repository = open_repo(repo, endpoint_url)
-    old = repository.key_slot or ""
+    if repository.key_slot is None:
+        raise UsageError("key passwd replaces the slot of the passphrase that opened the repository; it was "
+                         "opened with a key file: give the old passphrase instead, or use key add and key remove")
+    old = repository.key_slot
     new = repository.add_key(read_new_passphrase(new_password_file))
     repository.keys.remove(old, new)
     emit(as_json, {"added": new, "removed": old}, [f"added key {new}, removed key {old}"])
+
+
+@key.command()
+@repo_option
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--force", is_flag=True, help="Replace FILE if it exists.")
+@json_option
+def export(repo: str, endpoint_url: str | None, file: str, force: bool, as_json: bool) -> None:
+    """Write the repository's master key to FILE (mode 0600), for runs without a passphrase (--key-file).
+
+    Anyone who can read FILE can read and change every backup: keep it where only root reads it."""
+    repository = open_repo(repo, endpoint_url)
+    repository.write_key_file(file, replace=force)
+    emit(as_json, {"key_file": file, "repository": repository.config.id},
+         [f"wrote the master key of {repo} to {file}: whoever can read it can read and change every backup"])
