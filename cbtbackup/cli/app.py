@@ -10,7 +10,6 @@ import os
 import signal
 import sys
 import threading
-import traceback
 from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any, TypeVar, cast
@@ -172,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         return fail(str(e), e.exit_code, as_json, e.details)
     except Exception as e:  # a bug: still one line, with the traceback on request
         if os.environ.get("CBTBACKUP_DEBUG"):
+            import traceback  # only here: every run would pay for loading it
+
             traceback.print_exc()
         return fail(f"internal error: {type(e).__name__}: {e} (set CBTBACKUP_DEBUG=1 for details)", EXIT_INTERNAL,
                     as_json)

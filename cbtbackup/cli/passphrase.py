@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
-import getpass
 import os
 import shlex
-import subprocess
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -52,6 +50,8 @@ def _from_file(path: str) -> str:
 
 
 def _from_command(command: str) -> str:
+    import subprocess  # loaded only here: a run that does not need it starts sooner
+
     try:
         done = subprocess.run(shlex.split(command), capture_output=True, text=True, timeout=120)
     except (OSError, ValueError, subprocess.TimeoutExpired) as e:
@@ -62,6 +62,8 @@ def _from_command(command: str) -> str:
 
 
 def _prompt(text: str, confirm: bool) -> str:
+    import getpass
+
     first = getpass.getpass(text)
     if confirm and getpass.getpass("Again: ") != first:
         raise UsageError("the passphrases do not match")

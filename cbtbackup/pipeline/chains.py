@@ -11,8 +11,8 @@ renamed. Chains named by older versions (after the file name alone) keep being u
 from __future__ import annotations
 
 import contextlib
+import os
 import re
-import socket
 from pathlib import Path
 
 import blake3
@@ -29,7 +29,7 @@ class ChainOwnerError(UsageError):
 
 
 def this_host() -> str:
-    return socket.gethostname()
+    return os.uname().nodename
 
 
 def default_name(source: str, host: str | None = None) -> str:

@@ -12,7 +12,6 @@ import ctypes
 import dataclasses
 import errno
 import os
-import secrets
 import threading
 import time
 from array import array
@@ -148,7 +147,7 @@ class _Target:
         except OSError as e:
             if e.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
                 raise os_error(e, f"cannot create {path}") from None
-            tmp = path.with_name(f".{path.name}.restoring-{os.getpid()}-{secrets.token_hex(4)}")
+            tmp = path.with_name(f".{path.name}.restoring-{os.getpid()}-{os.urandom(4).hex()}")
             try:
                 fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             except OSError as e2:

@@ -12,8 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import secrets
-import socket
 import time
 from typing import Any
 
@@ -68,11 +66,11 @@ class KeySlots:
 
         if not passphrase:
             raise UsageError("an empty passphrase protects nothing")
-        slot_id = secrets.token_hex(8)
+        slot_id = os.urandom(8).hex()
         kdf = {"name": "argon2id", **ARGON2, "salt": os.urandom(16).hex()}
         nonce = os.urandom(12)
         wrapped = AESGCM(_kek(passphrase, kdf)).encrypt(nonce, master, _associated(self.repo_id, slot_id, kdf))
-        fields = {"format": FORMAT, "version": 1, "id": slot_id, "created": time.time(), "host": socket.gethostname(),
+        fields = {"format": FORMAT, "version": 1, "id": slot_id, "created": time.time(), "host": os.uname().nodename,
                   "kdf": kdf, "wrapped": (nonce + wrapped).hex()}
         body = {**fields, "checksum": blake3.blake3(_canonical(fields)).hexdigest()}
         if not self.store.put_if_absent(KEYS_PREFIX + slot_id, json.dumps(body, indent=2).encode()):

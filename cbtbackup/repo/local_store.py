@@ -15,7 +15,6 @@ little to flush. Durability does not change: it still comes from ``sync``.
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -53,7 +52,7 @@ class LocalStore(Store):
     def _write_temp(self, path: Path, data: bytes) -> tuple[Path, bool]:
         """``data`` in a new temporary file beside ``path`` (made with its directory if need be), and
         whether a directory was made for it."""
-        tmp = path.with_name(f"{TMP_MARK}{path.name}.{secrets.token_hex(4)}")
+        tmp = path.with_name(f"{TMP_MARK}{path.name}.{os.urandom(4).hex()}")
         made_dirs = False
         try:
             try:

@@ -25,8 +25,6 @@ import dataclasses
 import json
 import os
 import random
-import secrets
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -100,14 +98,14 @@ class LockInfo:
 
     def stale(self, now: float) -> str | None:
         """Why this lock no longer protects anything, or None while its holder may still be running."""
-        if self.host == socket.gethostname() and self.boot and self.boot == _boot_id():
+        if self.host == os.uname().nodename and self.boot and self.boot == _boot_id():
             start = _process_start(self.pid)
             if start == 0:
                 return f"process {self.pid} is gone"
             if self.pid_start and start != self.pid_start:
                 return f"process {self.pid} is another program now"
             return None
-        if self.host == socket.gethostname() and self.boot and self.boot != _boot_id():
+        if self.host == os.uname().nodename and self.boot and self.boot != _boot_id():
             return "this host rebooted since"
         if now - self.refreshed > self.ttl:
             return f"not refreshed for {int(now - self.refreshed)} s"
@@ -197,7 +195,7 @@ class Locker:
         told = False
         while True:
             now = time.time()
-            info = LockInfo(secrets.token_hex(8), socket.gethostname(), _boot_id(), os.getpid(),
+            info = LockInfo(os.urandom(8).hex(), os.uname().nodename, _boot_id(), os.getpid(),
                             _process_start(os.getpid()), command, now, now, self.ttl, shared, exclusive)
             if not self.store.put_if_absent(info.key, self.seal(info)):
                 continue  # a random id that exists already: take another

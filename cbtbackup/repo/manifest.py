@@ -16,8 +16,8 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import os
 import re
-import secrets
 import struct
 import time
 import uuid
@@ -64,13 +64,13 @@ class BackupRef:
     def just_after(self) -> BackupRef:
         """A new backup of the same chain that sorts right after this one (a microsecond later)."""
         when = datetime.datetime.strptime(self.stamp, "%Y%m%dT%H%M%S%fZ") + datetime.timedelta(microseconds=1)
-        return BackupRef(self.name, when.strftime("%Y%m%dT%H%M%S%fZ"), secrets.token_hex(8))
+        return BackupRef(self.name, when.strftime("%Y%m%dT%H%M%S%fZ"), os.urandom(8).hex())
 
     @classmethod
     def new(cls, name: str) -> BackupRef:
         now = time.time()
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f"{int(now % 1 * 1e6):06d}Z"
-        return cls(check_name(name), stamp, secrets.token_hex(8))
+        return cls(check_name(name), stamp, os.urandom(8).hex())
 
     @classmethod
     def from_key(cls, key: str) -> BackupRef | None:

@@ -12,7 +12,6 @@ folder per repository id. Losing it costs only requests.
 from __future__ import annotations
 
 import os
-import secrets
 from pathlib import Path
 
 
@@ -46,7 +45,7 @@ class ManifestCache:
     def put(self, key: str, raw: bytes, version: str = "") -> None:
         """Best effort: a cache that cannot be written is only slower."""
         path = self._path(key)
-        tmp = path.with_name(f".tmp-{secrets.token_hex(4)}")
+        tmp = path.with_name(f".tmp-{os.urandom(4).hex()}")
         try:
             self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             tmp.write_bytes(version.encode() + b"\n" + raw)
