@@ -3,9 +3,9 @@
 A key file (``--key-file FILE`` or ``$CBTBACKUP_KEY_FILE``, ``repo/key_file.py``) comes first: it opens the
 repository without a passphrase. Otherwise, in this order: ``--password-file FILE`` (its first line),
 ``--password-command CMD`` (the first line it prints), ``$CBTBACKUP_PASSWORD``, and a prompt when standard
-input is a terminal. A new passphrase (for
-``init``, ``key add``, ``key passwd``) comes from ``--new-password-file``, ``$CBTBACKUP_NEW_PASSWORD`` or a
-prompt asked twice; ``init`` takes it from the ordinary sources.
+input is a terminal. A new passphrase (for ``init``, ``key add``, ``key passwd``) comes from
+``--new-password-file``, ``$CBTBACKUP_NEW_PASSWORD`` or a prompt asked twice; ``init`` takes it from the
+ordinary sources, never from a key file.
 """
 
 from __future__ import annotations

@@ -10,10 +10,17 @@ cache. A backup writes far more than anything reads back soon, and letting the p
 size of everything stored costs more CPU than the write itself (measured: 1.5 GiB in 1 MiB objects,
 3.4 to 3.8 s of system time written plainly, 1.3 s written through). It also leaves the final ``syncfs``
 little to flush. Durability does not change: it still comes from ``sync``.
+
+Large objects are dropped from the page cache after they are read, too. A restore or a verify reads each
+chunk once, and the page cache grown by the size of a repository cost more than decompressing it: a cold
+restore of an 8 GiB image (4.1 GiB of chunks) took 14.2 s and 17.6 s of CPU, 8.6 s and 9.0 s dropping
+behind (median of three, interleaved). What a mount or an NBD export reads again is held by the reader's
+own chunk cache.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -105,7 +112,11 @@ class LocalStore(Store):
             with open(path, "rb") as f:
                 if offset:
                     f.seek(offset)
-                return f.read() if length is None else f.read(length)
+                data = f.read() if length is None else f.read(length)
+                if len(data) >= WRITE_THROUGH:  # a chunk: read once by a restore or a verify (module doc)
+                    with contextlib.suppress(OSError):
+                        os.posix_fadvise(f.fileno(), offset, len(data), os.POSIX_FADV_DONTNEED)
+                return data
         except FileNotFoundError:
             raise NotFoundError(f"{key}: no such object in {self.root}") from None
         except OSError as e:
