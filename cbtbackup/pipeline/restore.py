@@ -26,6 +26,7 @@ from cbtbackup.pipeline.integrity import explain_corruption
 from cbtbackup.pipeline.progress import NullProgress, Progress
 from cbtbackup.pipeline.restore_onto import restore_onto
 from cbtbackup.pipeline.restore_stream import stream_image
+from cbtbackup.pipeline.restore_windows import whole_windows, zeros_within
 from cbtbackup.pipeline.target_io import DirectWriter, pwrite_all, start_writeback
 from cbtbackup.pipeline.workers import BoundedSubmitter, PipelineConfig
 from cbtbackup.repo.chunk_codec import CorruptChunkError
@@ -262,17 +263,25 @@ def _write_all(
     written = [0]
     count_lock = threading.Lock()
 
+    chunk_size, size = repo.config.chunk_size, resolved.end
+    # Cut chunks of a chain's fulls are written whole first, then overwritten (restore_windows.py).
+    windows = whole_windows(resolved, first, link, chunk_size) \
+        if out.direct.available and chunk_size >= DIRECT_FROM else {}
+
     def restore_chunk(digest: bytes, i: int) -> None:
         data = repo.get_chunk(digest)
         view = memoryview(data)
+        window = windows.get(digest)
+        whole = window is not None and out.direct.write(view[: size - window], window)
         total = 0
         while i >= 0:
             piece = resolved[i]
-            part = view[piece.chunk_offset: piece.chunk_offset + piece.length]
-            if piece.length < DIRECT_FROM or not out.direct.write(part, piece.offset):
-                pwrite_all(out.fd, part, piece.offset)
-                if piece.length >= WRITEBACK_FROM:
-                    start_writeback(out.fd, piece.offset, piece.length)
+            if not whole:
+                part = view[piece.chunk_offset: piece.chunk_offset + piece.length]
+                if piece.length < DIRECT_FROM or not out.direct.write(part, piece.offset):
+                    pwrite_all(out.fd, part, piece.offset)
+                    if piece.length >= WRITEBACK_FROM:
+                        start_writeback(out.fd, piece.offset, piece.length)
             progress.advance(piece.length)
             total += piece.length
             i = link[i]
@@ -287,10 +296,19 @@ def _write_all(
     executor = config.make_executor(workers)
     submitter = BoundedSubmitter(executor, config.max_inflight_bytes)
     try:
-        for batch, size in _batches(resolved, first, link, repo.config.chunk_size):
-            submitter.submit(size, restore_batch, batch)
+        whole = {digest: first[digest] for digest in windows}
+        for batch, nbytes in _batches(resolved, whole, link, chunk_size):
+            submitter.submit(nbytes, restore_batch, batch)
+        submitter.drain()  # every whole window is written before anything that overwrites part of it
+        rest = {digest: i for digest, i in first.items() if digest not in windows}
+        for batch, nbytes in _batches(resolved, rest, link, chunk_size):
+            submitter.submit(nbytes, restore_batch, batch)
         if not out.fresh:
             _write_zero_pieces(resolved, out.fd, progress)
+        else:  # the stale bytes of whole windows where the image holds zeros
+            zeros = memoryview(bytes(chunk_size))
+            for offset, length in zeros_within(resolved, sorted(windows.values()), chunk_size):
+                pwrite_all(out.fd, zeros[:length], offset)
         submitter.drain()
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
