@@ -26,6 +26,13 @@ class ChunkCache:
         with self._lock:
             return digest in self._chunks
 
+    def discard(self, digest: bytes) -> None:
+        """Let a chunk go before its turn (nobody needs it again); one being fetched stays until it is."""
+        with self._lock:
+            data = self._chunks.pop(digest, None)
+            if data is not None:
+                self._bytes -= len(data)
+
     def get(self, digest: bytes) -> bytes:
         """The chunk, from memory or fetched once (the fetch's error reaches every thread that waited)."""
         with self._lock:

@@ -1,62 +1,117 @@
-"""Which chunks a restore writes whole, before anything else, though later backups replaced parts of them.
+"""A file restore, window by window: every aligned chunk-size stretch of the image is put together in one
+page-aligned buffer from all the pieces that fall in it, and written at once — directly, past the page
+cache, where the target allows.
 
-After a month of incrementals, nearly every chunk of a chain's full is cut by later changes into pieces of
-a few hundred KiB (1 % of the image a day in scattered 64 KiB writes leaves 0.8 % of a full's 1 MiB chunks
-whole after 30 days). Pieces that small are written through the page cache, one by one, and a chain
-restored that way took 1.2-1.3x the time of the same image as one full, nearly all of the difference in
-the kernel copying into new page-cache pages. Written whole instead — the chunk's bytes at the aligned
-window it came from, one direct write, stale parts and all — and then overwritten where later backups
-changed it, the window costs what a full's chunk costs plus its newer pieces.
+Why windows and not chunks: after a month of incrementals nearly every chunk of a chain's full is cut by
+later changes into pieces of a few hundred KiB (1 % of the image a day in scattered 64 KiB writes leaves
+0.8 % of a full's 1 MiB chunks whole after 30 days). Written chunk by chunk, those pieces went through the
+page cache one by one, and a chain took 1.2-1.3x the time of the same image restored from one full, the
+difference nearly all the kernel copying into new page-cache pages. Put together per window, a chain's
+image is written as a full's is: one direct write per megabyte, each byte once.
 
-That is correct only if every stale byte is overwritten afterwards, so:
-- a chunk is written whole only if all its pieces sit where the chunk itself sits (one aligned window,
-  each piece at its own offset in the chunk), so the whole chunk lands on that window and nowhere else;
-- at most one chunk per window is written whole (the one with the most bytes still in use), so two whole
-  writes never race over one range;
-- every other piece is written after all whole windows are, and so are the zero ranges inside whole
-  windows, which a new (sparse) target otherwise leaves unwritten.
-A chunk whose pieces cover less than half its window is not worth a whole write: its pieces go as usual.
+Chunks: one that a single window uses is fetched for that window. One that several windows use — a
+packed incremental's chunk holds extents for a stretch of the image — is kept from its first window to its
+last, within a bound in bytes; packs are filled in image order, so at any point a chain has about one
+live pack per incremental, and windows are written in order. Past the bound the least recently used goes
+and is fetched again if a later window needs it: memory stays bounded whatever the chain.
+
+Sparse: on a new target a window of zeros is not written at all; an existing target (``--force``) gets its
+zeros written. Zeros inside a window that holds data are written with it, as zeros: a full's chunks carry
+their zeros as data anyway, and only an incremental's zeroed blocks come as pieces of their own, so a
+restored image loses next to nothing of its holes for one write per window.
 """
 
 from __future__ import annotations
 
-import bisect
-from array import array
+import collections
+import dataclasses
+import threading
 from collections.abc import Iterator
 
-from cbtbackup.model.extent_map import ExtentMap
+from cbtbackup.model.extent_map import ZERO_DIGEST, ExtentMap, Piece
+from cbtbackup.pipeline.chunk_cache import ChunkCache
+from cbtbackup.repo.repository import Repository
+
+KEPT_BYTES = 64 << 20  # chunks kept between the windows that use them
 
 
-def whole_windows(resolved: ExtentMap, first: dict[bytes, int], link: array[int],
-                  chunk_size: int) -> dict[bytes, int]:
-    """The chunks to write whole, each with the start of its window."""
-    best: dict[int, tuple[int, bytes]] = {}  # window -> (bytes in use, digest)
-    offsets, lengths, chunk_offsets = resolved.offsets, resolved.lengths, resolved.chunk_offsets
-    for digest, i in first.items():
-        base = offsets[i] - chunk_offsets[i]
-        if base % chunk_size:
-            continue
-        used = 0
-        j = i
-        while j >= 0:
-            if offsets[j] - chunk_offsets[j] != base or chunk_offsets[j] + lengths[j] > chunk_size:
-                break
-            used += lengths[j]
-            j = link[j]
-        else:
-            if chunk_size // 2 <= used < chunk_size and used > best.get(base, (0, b""))[0]:
-                best[base] = (used, digest)
-    return {digest: window for window, (_, digest) in best.items()}
+@dataclasses.dataclass(frozen=True)
+class Window:
+    """``[start, start + length)`` of the image and the map's pieces over it, clipped, in order."""
+
+    start: int
+    length: int
+    pieces: list[Piece]
+
+    @property
+    def all_zero(self) -> bool:
+        return all(p.is_zero for p in self.pieces)
 
 
-def zeros_within(resolved: ExtentMap, windows: list[int], chunk_size: int) -> Iterator[tuple[int, int]]:
-    """The zero ranges ``(offset, length)`` of the map that lie inside the given windows (sorted starts)."""
-    for piece in resolved:
-        if not piece.is_zero:
-            continue
-        k = bisect.bisect_right(windows, piece.offset - chunk_size)
-        while k < len(windows) and windows[k] < piece.end:
-            start, end = max(piece.offset, windows[k]), min(piece.end, windows[k] + chunk_size)
-            if start < end:
-                yield start, end - start
-            k += 1
+def windows(resolved: ExtentMap, size: int) -> Iterator[Window]:
+    """The image cut at multiples of ``size``. Zeros that cover whole windows come as one window of zeros
+    however long (a sparse image of terabytes is not walked a megabyte at a time)."""
+    pieces: list[Piece] = []
+    start = 0
+    for p in resolved:
+        pos = p.offset
+        while pos < p.end:
+            if p.is_zero and not pieces and pos % size == 0 and p.end - pos >= size:
+                whole = (p.end - pos) // size * size
+                yield Window(pos, whole, [Piece(pos, whole, ZERO_DIGEST, 0)])
+                pos += whole
+                continue
+            if not pieces:
+                start = pos
+            cut = min(p.end, pos // size * size + size)
+            pieces.append(Piece(pos, cut - pos, p.digest, p.chunk_offset + pos - p.offset))
+            pos = cut
+            if cut % size == 0:
+                yield Window(start, cut - start, pieces)
+                pieces = []
+    if pieces:
+        yield Window(start, pieces[-1].end - start, pieces)
+
+
+class WindowChunks:
+    """The chunks the windows need: fetched for one window, or kept from a chunk's first window to its last
+    within ``kept_bytes``. Safe to share between threads."""
+
+    def __init__(self, repo: Repository, uses: collections.Counter[bytes], kept_bytes: int = KEPT_BYTES) -> None:
+        self._repo = repo
+        self._shared = {digest for digest, n in uses.items() if n > 1}
+        self._remaining = uses
+        self._kept = ChunkCache(repo.get_chunk, kept_bytes)
+        self._lock = threading.Lock()
+        self._single_fetches = 0
+
+    @classmethod
+    def for_image(cls, repo: Repository, resolved: ExtentMap, window: int,
+                  kept_bytes: int = KEPT_BYTES) -> WindowChunks:
+        """Count how many windows use each chunk (one pass over the map, nothing else kept)."""
+        uses: collections.Counter[bytes] = collections.Counter()
+        for w in windows(resolved, window):
+            uses.update({p.digest for p in w.pieces if not p.is_zero})
+        return cls(repo, uses, kept_bytes)
+
+    @property
+    def fetched(self) -> int:
+        return self._single_fetches + self._kept.fetched
+
+    def get(self, digest: bytes) -> bytes:
+        if digest in self._shared:
+            return self._kept.get(digest)
+        with self._lock:
+            self._single_fetches += 1
+        return self._repo.get_chunk(digest)
+
+    def done(self, digests: set[bytes]) -> None:
+        """A window that used these chunks is written: a chunk no window needs any more is let go."""
+        with self._lock:
+            gone = []
+            for digest in digests:
+                self._remaining[digest] -= 1
+                if self._remaining[digest] == 0 and digest in self._shared:
+                    gone.append(digest)
+        for digest in gone:
+            self._kept.discard(digest)

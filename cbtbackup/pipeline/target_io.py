@@ -44,14 +44,15 @@ DIRECT_ALIGN = 4096  # offsets, lengths and buffers of direct writes: a multiple
 
 
 class DirectWriter:
-    """Writes of large, aligned pieces straight to the device (``O_DIRECT``), past the page cache.
+    """Writes of large, aligned runs straight to the device (``O_DIRECT``), past the page cache, from one
+    page-aligned buffer per thread (``buffer``), in which the restore puts each window together.
 
     A buffered restore copies every byte into freshly allocated page-cache pages, with the threads taking
     turns at the file's lock, and then waits for the dirty pages to reach the disk: on 1 GiB that copy
-    was 29 % of the restore's CPU and the lock's spinning 9 %. A direct write sends the chunk's bytes
-    from one aligned buffer per thread; the final fsync finds only metadata left, and the restore does
+    was 29 % of the restore's CPU and the lock's spinning 9 %. A direct write sends the window's bytes
+    from the thread's aligned buffer; the final fsync finds only metadata left, and the restore does
     not push the machine's cached data out. The target is opened a second time for it (the first open
-    stays buffered, for small or unaligned pieces and zeros); where the file system refuses direct I/O
+    stays buffered, for small or unaligned runs and zeros); where the file system refuses direct I/O
     (tmpfs before Linux 6.6, some FUSE and network file systems) nothing is written this way."""
 
     def __init__(self, fd: int) -> None:
@@ -66,18 +67,22 @@ class DirectWriter:
     def available(self) -> bool:
         return self._fd >= 0 and not self._refused
 
-    def write(self, data: memoryview, offset: int) -> bool:
-        """Write ``data`` at ``offset`` directly; False if not (unaligned, or refused): write it buffered."""
-        length = len(data)
-        if not self.available or offset % DIRECT_ALIGN or length % DIRECT_ALIGN or not length:
-            return False
+    def buffer(self, length: int) -> memoryview:
+        """This thread's page-aligned buffer, at least ``length`` bytes: fill it, then ``write_buffer``."""
         buf: mmap.mmap | None = getattr(self._local, "buf", None)
         if buf is None or len(buf) < length:
             buf = self._local.buf = mmap.mmap(-1, length)  # anonymous: page-aligned
-        view = memoryview(buf)[:length]
+        return memoryview(buf)
+
+    def write_buffer(self, start: int, length: int, offset: int) -> bool:
+        """Write ``length`` bytes from ``start`` of this thread's buffer at ``offset`` directly; False if not
+        (unaligned, or refused): write them buffered."""
+        buf: mmap.mmap | None = getattr(self._local, "buf", None)
+        if buf is None or start + length > len(buf) or not self._can(start, length, offset):
+            return False
+        view = memoryview(buf)[start: start + length]
         done = 0
         try:
-            view[:] = data
             while done < length:
                 done += os.pwrite(self._fd, view[done:], offset + done)
         except OSError as e:
@@ -88,6 +93,10 @@ class DirectWriter:
         finally:
             view.release()
         return True
+
+    def _can(self, start: int, length: int, offset: int) -> bool:
+        return self.available and length > 0 and not (start % DIRECT_ALIGN or offset % DIRECT_ALIGN
+                                                       or length % DIRECT_ALIGN)
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -25,10 +25,12 @@ class PipelineConfig:
     max_inflight_bytes: int = 64 << 20
     executor_factory: ExecutorFactory | None = None
 
-    def worker_count(self, store_parallelism: int) -> int:
+    def worker_count(self, store_parallelism: int, per_core: int = 2) -> int:
+        """Threads for a pool: ``per_core`` a core — 2 where the work is mostly CPU (a backup compresses),
+        more where threads mostly wait for reads (a restore) — and no more than the store takes."""
         if self.workers is not None:
             return max(1, self.workers)
-        return max(2, min(store_parallelism, (os.cpu_count() or 2) * 2))
+        return max(2, min(store_parallelism, (os.cpu_count() or 2) * per_core))
 
     def make_executor(self, workers: int) -> Executor:
         if self.executor_factory is not None:

@@ -181,6 +181,7 @@ class LocalStore(Store):
         return removed
 
     def capabilities(self) -> StoreCapabilities:
-        return StoreCapabilities(parallelism=max(4, (os.cpu_count() or 2) * 2), description=f"directory {self.root}")
+        # A disk serves several reads at once; how many threads a pipeline runs is its own choice below this.
+        return StoreCapabilities(parallelism=max(8, (os.cpu_count() or 2) * 4), description=f"directory {self.root}")
 
 

@@ -8,11 +8,10 @@ from pathlib import Path
 import pytest
 
 from cbtbackup.engine import TrackedVolume
-from cbtbackup.model.extent_map import ExtentMap
 from cbtbackup.pipeline.backup import BackupOptions, run_backup
 from cbtbackup.pipeline.integrity import run_verify
 from cbtbackup.pipeline.progress import NullProgress
-from cbtbackup.pipeline.restore import RestoreOptions, _batches, _group_by_chunk, run_restore
+from cbtbackup.pipeline.restore import RestoreOptions, run_restore
 from cbtbackup.pipeline.workers import PipelineConfig, SerialExecutor
 from cbtbackup.repo.config import RepositoryConfig
 from cbtbackup.repo.location import open_store
@@ -82,17 +81,20 @@ def test_chunks_referenced_twice_are_fetched_once(repo: Repository, make_image: 
     assert (tmp_path / "o").read_bytes() == image.read_bytes()
 
 
-def test_restore_tasks_group_small_chunks_and_hold_each_chunk_once() -> None:
-    resolved = ExtentMap()
-    pos = 0
-    for n, length in enumerate([64 * KiB] * 40 + [1 << 20] * 3 + [4 * KiB] * 5):
-        resolved.append(pos, length, bytes([n % 7 + 1]) * 32 if n < 40 else bytes([n + 1]) * 32)
-        pos += length
-    resolved.append(pos, 1 << 20, bytes(32))  # zeros: never a task
-    first, link = _group_by_chunk(resolved)
-    batches = list(_batches(resolved, first, link, 1 << 20))
-    chunks = [digest for batch, _ in batches for digest, _ in batch]
-    assert sorted(chunks) == sorted(first) and len(chunks) == len(set(chunks)) == 7 + 3 + 5
-    assert sum(size for _, size in batches) == resolved.stored_bytes()
-    # 40 pieces of 64 KiB (seven chunks used several times) make up 2.5 MiB: tasks of at least 1 MiB each
-    assert len(batches) < len(chunks) and all(size >= 1 << 20 for _, size in batches[:-1])
+def test_small_chunks_are_put_together_a_megabyte_at_a_time_and_fetched_once(
+    repo: Repository, make_image: MakeImage, tmp_path: Path
+) -> None:
+    image = make_image(4 << 20)
+    block = os.urandom(64 * KiB)
+    with open(image, "r+b") as f:  # one block repeated in every window: a chunk four windows use
+        for i in range(0, 64, 5):
+            f.seek(i * 64 * KiB)
+            f.write(block)
+    fetched = count_chunk_fetches(repo)
+    full = run_backup(repo, BackupOptions(str(image), "full"), config=SERIAL)
+    distinct = len({p.digest for p in full.manifest.extents})
+    assert distinct == 64 - 13 + 1
+    result = run_restore(repo, RestoreOptions("latest", str(tmp_path / "o")),
+                         config=PipelineConfig(max_inflight_bytes=2 << 20))
+    assert result.chunks_fetched == distinct and len(fetched) == distinct
+    assert (tmp_path / "o").read_bytes() == image.read_bytes()

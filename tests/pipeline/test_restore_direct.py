@@ -1,4 +1,4 @@
-"""A restore writes pieces of a megabyte or more past the page cache (O_DIRECT) where the file system
+"""A restore writes runs of a megabyte or more past the page cache (O_DIRECT) where the file system
 allows, everything else buffered: the image is exact either way, pages cached before stay coherent, and
 where direct I/O is refused the restore is simply buffered."""
 
@@ -55,15 +55,15 @@ def image(tmp_path: Path) -> Path:
 def direct_writes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
     """(offset, length) of every piece a DirectWriter took."""
     taken: list[tuple[int, int]] = []
-    real = DirectWriter.write
+    real = DirectWriter.write_buffer
 
-    def counted(self: DirectWriter, data: memoryview, offset: int) -> bool:
-        done = real(self, data, offset)
+    def counted(self: DirectWriter, start: int, length: int, offset: int) -> bool:
+        done = real(self, start, length, offset)
         if done:
-            taken.append((offset, len(data)))
+            taken.append((offset, length))
         return done
 
-    monkeypatch.setattr(DirectWriter, "write", counted)
+    monkeypatch.setattr(DirectWriter, "write_buffer", counted)
     return taken
 
 
@@ -79,8 +79,8 @@ def test_whole_chunks_go_direct_and_the_rest_buffered(
     out = tmp_path / "out.img"
     run_restore(repo, RestoreOptions(incr.ref.id, str(out)))
     assert out.read_bytes() == image.read_bytes()
-    # Chunk 2 too, whole (restore_windows.py), before the newer 64 KiB goes over it buffered; the
-    # 1000-byte tail is buffered.
+    # Chunk 2's window too, put together from the full's chunk and the newer 64 KiB (restore_windows.py);
+    # the 1000-byte tail is buffered.
     assert sorted(direct_writes) == [(i * MiB, MiB) for i in range(6)]
     assert full.device_size == 6 * MiB + 1000
 
@@ -102,7 +102,8 @@ def test_a_target_that_cannot_be_opened_for_direct_io_gets_no_direct_write() -> 
     try:
         writer = DirectWriter(left.fileno())
         assert not writer.available
-        assert writer.write(memoryview(bytes(MiB)), 0) is False
+        writer.buffer(MiB)[:] = bytes(MiB)  # a buffer to put windows together in, all the same
+        assert writer.write_buffer(0, MiB, 0) is False
         writer.close()
     finally:
         left.close()
@@ -115,11 +116,11 @@ def test_where_direct_writes_are_refused_the_restore_is_buffered(
     # No file system here refuses O_DIRECT (tmpfs takes it since Linux 6.6): the refusal is simulated.
     refused: list[int] = []
 
-    def refuse(self: DirectWriter, data: memoryview, offset: int) -> bool:
+    def refuse(self: DirectWriter, start: int, length: int, offset: int) -> bool:
         refused.append(offset)
         return False
 
-    monkeypatch.setattr(DirectWriter, "write", refuse)
+    monkeypatch.setattr(DirectWriter, "write_buffer", refuse)
     backup = run_backup(repo, BackupOptions(str(image), "full")).manifest
     out = tmp_path / "out.img"
     run_restore(repo, RestoreOptions(backup.ref.id, str(out)))

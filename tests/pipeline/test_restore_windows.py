@@ -1,7 +1,8 @@
-"""Chunks cut by later backups are written whole first, then overwritten: the image stays exact.
+"""A restore puts each window of the image together from all its pieces and writes it at once.
 
-The risk is stale bytes: a whole write puts a chunk's old bytes where later backups changed them, so every
-such range must be written again afterwards — with newer data, or with zeros where the image holds zeros.
+What must hold: every byte lands from the newest backup that has it (new data, zeros inside a window, a
+scan's run), a new target stays sparse where the image holds zeros, a chunk several windows use is fetched
+once while the bound allows, and the image is exact on a new target, an existing one, and buffered.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from cbtbackup.engine import TrackedVolume
-from cbtbackup.model.extent_map import ZERO_DIGEST, ExtentMap
+from cbtbackup.model.extent_map import ZERO_DIGEST, ExtentMap, Piece
 from cbtbackup.pipeline.backup import BackupOptions, run_backup
-from cbtbackup.pipeline.restore import RestoreOptions, _group_by_chunk, run_restore
-from cbtbackup.pipeline.restore_windows import whole_windows, zeros_within
+from cbtbackup.pipeline.restore import RestoreOptions, run_restore
+from cbtbackup.pipeline.restore_windows import WindowChunks, windows
 from cbtbackup.pipeline.target_io import DirectWriter
 from cbtbackup.repo.config import RepositoryConfig
 from cbtbackup.repo.local_store import LocalStore
@@ -26,45 +27,61 @@ KiB, MiB = 1 << 10, 1 << 20
 A, B, C, P = (bytes([n]) * 32 for n in (1, 2, 3, 4))
 
 
-def windows_of(m: ExtentMap, chunk_size: int = MiB) -> dict[bytes, int]:
-    first, link = _group_by_chunk(m)
-    return whole_windows(m, first, link, chunk_size)
-
-
-def test_a_cut_chunk_in_its_own_window_is_written_whole() -> None:
+def test_windows_cut_the_image_and_clip_the_pieces() -> None:
     m = ExtentMap()
-    m.append(0, 256 * KiB, A, 0)  # chunk A at window 0, cut by a newer pack
-    m.append(256 * KiB, 64 * KiB, P, 0)
-    m.append(320 * KiB, MiB - 320 * KiB, A, 320 * KiB)
-    m.append(MiB, MiB, B, 0)  # chunk B whole: written as a piece, as ever
-    assert windows_of(m) == {A: 0}
+    m.append(0, 256 * KiB, A, 0)
+    m.append(256 * KiB, 64 * KiB, P, 128 * KiB)  # a pack's extent
+    m.append(320 * KiB, MiB, A, 320 * KiB)  # reaches into the next window
+    m.append(MiB + 320 * KiB, 3 * MiB + 704 * KiB, ZERO_DIGEST, 0)  # to the end of window 4
+    m.append(5 * MiB, 1000, B, 0)  # a short last window
+    got = list(windows(m, MiB))
+    assert [(w.start, w.length) for w in got] == [(0, MiB), (MiB, MiB), (2 * MiB, 3 * MiB), (5 * MiB, 1000)]
+    assert got[0].pieces == [Piece(0, 256 * KiB, A, 0), Piece(256 * KiB, 64 * KiB, P, 128 * KiB),
+                             Piece(320 * KiB, MiB - 320 * KiB, A, 320 * KiB)]
+    assert got[1].pieces == [Piece(MiB, 320 * KiB, A, MiB), Piece(MiB + 320 * KiB, MiB - 320 * KiB, ZERO_DIGEST, 0)]
+    assert got[2].all_zero and not got[1].all_zero  # three windows of zeros come as one
+    assert sum(w.length for w in got) == m.end
 
 
-def test_chunks_that_would_land_elsewhere_or_help_little_are_not() -> None:
+class CountingRepo:
+    def __init__(self) -> None:
+        self.fetched: list[bytes] = []
+
+    def get_chunk(self, digest: bytes) -> bytes:
+        self.fetched.append(digest)
+        return digest * (MiB // 32)
+
+
+def test_a_chunk_of_several_windows_is_kept_until_its_last_and_let_go_then() -> None:
     m = ExtentMap()
-    m.append(0, 64 * KiB, P, 0)  # a pack: its extents lie apart in the image
-    m.append(64 * KiB, MiB - 64 * KiB, C, 64 * KiB)  # C in use in its window: mostly
-    m.append(MiB, 64 * KiB, P, 128 * KiB)
-    m.append(MiB + 64 * KiB, 256 * KiB, B, 64 * KiB)  # B: less than half of its window in use
-    m.append(MiB + 320 * KiB, MiB - 320 * KiB, ZERO_DIGEST, 0)
-    assert windows_of(m) == {C: 0}
+    for n in range(4):  # a pack P with an extent in each of four windows, the rest of each from its own chunk
+        m.append(n * MiB, 64 * KiB, P, n * 64 * KiB)
+        m.append(n * MiB + 64 * KiB, MiB - 64 * KiB, bytes([n + 10]) * 32, 64 * KiB)
+    repo = CountingRepo()
+    chunks = WindowChunks.for_image(repo, m, MiB)  # type: ignore[arg-type]
+    for w in windows(m, MiB):
+        used = {p.digest for p in w.pieces}
+        for digest in used:
+            assert chunks.get(digest)[:32] == digest
+        chunks.done(used)
+    assert repo.fetched.count(P) == 1 and len(repo.fetched) == 5 and chunks.fetched == 5
+    assert P not in chunks._kept  # let go after its last window
 
 
-def test_one_whole_chunk_per_window_the_one_most_in_use() -> None:
+def test_past_the_bound_a_kept_chunk_is_fetched_again() -> None:
     m = ExtentMap()
-    m.append(0, 512 * KiB + 64 * KiB, B, 0)  # a scan's run stored alone, at the window's start
-    m.append(576 * KiB, MiB - 576 * KiB, A, 576 * KiB)  # the full's chunk of that window
-    assert windows_of(m) == {B: 0}
-
-
-def test_zeros_inside_whole_windows_are_found() -> None:
-    m = ExtentMap()
-    m.append(0, 3 * MiB + 64 * KiB, ZERO_DIGEST, 0)
-    m.append(3 * MiB + 64 * KiB, 64 * KiB, A, 0)
-    m.append(3 * MiB + 128 * KiB, 5 * MiB, ZERO_DIGEST, 0)
-    assert list(zeros_within(m, [MiB, 3 * MiB, 5 * MiB], MiB)) == [
-        (MiB, MiB), (3 * MiB, 64 * KiB), (3 * MiB + 128 * KiB, MiB - 128 * KiB), (5 * MiB, MiB)]
-    assert list(zeros_within(m, [], MiB)) == []
+    for n in range(6):  # windows 0-2 use P and Q alternately with chunks of their own; a bound of one chunk
+        shared = P if n % 2 else A
+        m.append(n * MiB, 64 * KiB, shared, 0)
+        m.append(n * MiB + 64 * KiB, MiB - 64 * KiB, bytes([n + 10]) * 32, 64 * KiB)
+    repo = CountingRepo()
+    chunks = WindowChunks.for_image(repo, m, MiB, kept_bytes=MiB)  # type: ignore[arg-type]
+    for w in windows(m, MiB):
+        used = {p.digest for p in w.pieces}
+        for digest in used:
+            assert chunks.get(digest)[:32] == digest
+        chunks.done(used)
+    assert repo.fetched.count(A) == 3 and repo.fetched.count(P) == 3  # memory stays bounded: fetched again
 
 
 @pytest.fixture
@@ -104,19 +121,19 @@ def chain(repo: Repository, tmp_path: Path) -> tuple[Path, str]:
 @pytest.fixture
 def direct_writes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
     taken: list[tuple[int, int]] = []
-    real = DirectWriter.write
+    real = DirectWriter.write_buffer
 
-    def counted(self: DirectWriter, data: memoryview, offset: int) -> bool:
-        done = real(self, data, offset)
+    def counted(self: DirectWriter, start: int, length: int, offset: int) -> bool:
+        done = real(self, start, length, offset)
         if done:
-            taken.append((offset, len(data)))
+            taken.append((offset, length))
         return done
 
-    monkeypatch.setattr(DirectWriter, "write", counted)
+    monkeypatch.setattr(DirectWriter, "write_buffer", counted)
     return taken
 
 
-def test_a_cut_chain_restores_exactly_with_whole_windows(
+def test_a_cut_chain_restores_exactly_a_window_at_a_time(
     repo: Repository, chain: tuple[Path, str], tmp_path: Path, direct_writes: list[tuple[int, int]]
 ) -> None:
     if not supports_direct_io(tmp_path):
@@ -125,9 +142,10 @@ def test_a_cut_chain_restores_exactly_with_whole_windows(
     out = tmp_path / "out.img"
     run_restore(repo, RestoreOptions(latest, str(out)))
     assert out.read_bytes() == image.read_bytes()
-    # Every chunk of the full that is still mostly in use went whole; chunk 5 is all zeros now; in window
-    # 2 the scan's run is most in use (576 KiB), and the full's chunk has only 448 KiB left there.
-    assert sorted(direct_writes) == sorted([(i * MiB, MiB) for i in (0, 1, 3, 4, 6, 7)] + [(2 * MiB, 576 * KiB)])
+    # Every window with data went in one direct write, zeros inside it too (windows 3, 4 and 6); window 5
+    # is all zeros and stays a hole; the 1000-byte tail is buffered.
+    assert sorted(direct_writes) == [(i * MiB, MiB) for i in (0, 1, 2, 3, 4, 6, 7)]
+    assert out.stat().st_blocks * 512 <= image.stat().st_size - MiB + 4096
 
 
 def test_a_forced_restore_over_other_bytes_is_exact_too(
@@ -141,11 +159,17 @@ def test_a_forced_restore_over_other_bytes_is_exact_too(
     assert direct_writes or not supports_direct_io(tmp_path)
 
 
-def test_where_direct_writes_are_refused_nothing_is_written_whole(
+def test_where_direct_writes_are_refused_the_windows_are_written_buffered(
     repo: Repository, chain: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     image, latest = chain
-    monkeypatch.setattr(DirectWriter, "write", lambda self, data, offset: False)
+    refused: list[int] = []
+
+    def refuse(self: DirectWriter, start: int, length: int, offset: int) -> bool:
+        refused.append(offset)
+        return False
+
+    monkeypatch.setattr(DirectWriter, "write_buffer", refuse)
     out = tmp_path / "out.img"
     run_restore(repo, RestoreOptions(latest, str(out)))
     assert out.read_bytes() == image.read_bytes()
