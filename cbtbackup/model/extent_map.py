@@ -81,19 +81,9 @@ class ExtentMap:
         raise TypeError("ExtentMap is unhashable")
 
     @property
-    def offsets(self) -> array[int]:
-        """Every piece's offset in the image, by index (read-only by convention: the map's own array)."""
-        return self._offsets
-
-    @property
     def lengths(self) -> array[int]:
         """Every piece's length, by index (read-only by convention: the map's own array)."""
         return self._lengths
-
-    @property
-    def chunk_offsets(self) -> array[int]:
-        """Every piece's offset in its chunk, by index (read-only by convention: the map's own array)."""
-        return self._chunk_offsets
 
     def digest_at(self, i: int) -> bytes:
         return bytes(self._digests[i * 32: i * 32 + 32])

@@ -4,7 +4,6 @@ where direct I/O is refused the restore is simply buffered."""
 
 from __future__ import annotations
 
-import errno
 import os
 import socket
 import subprocess
@@ -19,21 +18,9 @@ from cbtbackup.pipeline.target_io import DirectWriter
 from cbtbackup.repo.config import RepositoryConfig
 from cbtbackup.repo.local_store import LocalStore
 from cbtbackup.repo.repository import Repository
+from tests.pipeline.direct_io import supports_direct_io
 
 KiB, MiB = 1 << 10, 1 << 20
-
-
-def supports_direct_io(folder: Path) -> bool:
-    probe = folder / ".direct-probe"
-    try:
-        os.close(os.open(probe, os.O_RDWR | os.O_CREAT | os.O_DIRECT, 0o600))
-    except OSError as e:
-        if e.errno == errno.EINVAL:
-            return False
-        raise
-    finally:
-        probe.unlink(missing_ok=True)
-    return True
 
 
 @pytest.fixture
@@ -49,22 +36,6 @@ def image(tmp_path: Path) -> Path:
     path.write_bytes(os.urandom(3 * MiB) + os.urandom(3 * MiB // 2).hex().encode() + os.urandom(1000))
     TrackedVolume.track(path, block_size=64 * KiB).close()
     return path
-
-
-@pytest.fixture
-def direct_writes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
-    """(offset, length) of every piece a DirectWriter took."""
-    taken: list[tuple[int, int]] = []
-    real = DirectWriter.write_buffer
-
-    def counted(self: DirectWriter, start: int, length: int, offset: int) -> bool:
-        done = real(self, start, length, offset)
-        if done:
-            taken.append((offset, length))
-        return done
-
-    monkeypatch.setattr(DirectWriter, "write_buffer", counted)
-    return taken
 
 
 def test_whole_chunks_go_direct_and_the_rest_buffered(

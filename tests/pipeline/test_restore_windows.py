@@ -21,7 +21,7 @@ from cbtbackup.pipeline.target_io import DirectWriter
 from cbtbackup.repo.config import RepositoryConfig
 from cbtbackup.repo.local_store import LocalStore
 from cbtbackup.repo.repository import Repository
-from tests.pipeline.test_restore_direct import supports_direct_io
+from tests.pipeline.direct_io import supports_direct_io
 
 KiB, MiB = 1 << 10, 1 << 20
 A, B, C, P = (bytes([n]) * 32 for n in (1, 2, 3, 4))
@@ -116,21 +116,6 @@ def chain(repo: Repository, tmp_path: Path) -> tuple[Path, str]:
     last = run_backup(repo, BackupOptions(str(image), "incr")).manifest
     assert last.method == "scan"
     return image, last.ref.id
-
-
-@pytest.fixture
-def direct_writes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
-    taken: list[tuple[int, int]] = []
-    real = DirectWriter.write_buffer
-
-    def counted(self: DirectWriter, start: int, length: int, offset: int) -> bool:
-        done = real(self, start, length, offset)
-        if done:
-            taken.append((offset, length))
-        return done
-
-    monkeypatch.setattr(DirectWriter, "write_buffer", counted)
-    return taken
 
 
 def test_a_cut_chain_restores_exactly_a_window_at_a_time(
