@@ -88,10 +88,15 @@ class WindowChunks:
     @classmethod
     def for_image(cls, repo: Repository, resolved: ExtentMap, window: int,
                   kept_bytes: int = KEPT_BYTES) -> WindowChunks:
-        """Count how many windows use each chunk (one pass over the map, nothing else kept)."""
+        """Count how many windows use each chunk, from the map's pieces alone (no windows built)."""
         uses: collections.Counter[bytes] = collections.Counter()
-        for w in windows(resolved, window):
-            uses.update({p.digest for p in w.pieces if not p.is_zero})
+        last: dict[bytes, int] = {}  # the last window counted for a chunk: pieces come in image order
+        for p in resolved:
+            if p.is_zero:
+                continue
+            for w in range(max(p.offset // window, last.get(p.digest, -1) + 1), (p.end - 1) // window + 1):
+                uses[p.digest] += 1
+                last[p.digest] = w
         return cls(repo, uses, kept_bytes)
 
     @property
