@@ -1,8 +1,9 @@
-"""A real S3 endpoint on loopback (moto's threaded server), a fault proxy in front of it, fresh buckets."""
+"""Real S3 endpoints on loopback (moto's threaded server and Ceph's RADOS Gateway, each test run on both),
+a fault proxy in front of them, fresh buckets."""
 
 from __future__ import annotations
 
-import socket
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,25 +11,11 @@ from typing import Any
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
 from tests.s3.fault_proxy import FaultPolicy, FaultProxy
+from tests.servers.s3_servers import S3Server, free_port
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-@pytest.fixture(scope="session")
-def moto_endpoint() -> Iterator[str]:
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
+__all__ = ["free_port", "s3_client"]
 
 
 @pytest.fixture(autouse=True)
@@ -44,21 +31,31 @@ def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("CBTBACKUP_CACHE_DIR", str(tmp_path / "cache"))
 
 
+@pytest.fixture
+def s3_endpoint(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The endpoint of this test's server, with its credentials in the environment."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
+    return s3_server.endpoint
+
+
 def s3_client(endpoint: str) -> Any:
+    """A boto3 client with the credentials now in the environment (the test's server's)."""
     return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                        aws_access_key_id="testing", aws_secret_access_key="testing")
+                        aws_access_key_id=os.environ["AWS_ACCESS_KEY_ID"],
+                        aws_secret_access_key=os.environ["AWS_SECRET_ACCESS_KEY"])
 
 
 @pytest.fixture
-def bucket(moto_endpoint: str) -> str:
+def bucket(s3_endpoint: str) -> str:
     name = f"cbt-{uuid.uuid4().hex[:12]}"
-    s3_client(moto_endpoint).create_bucket(Bucket=name)
+    s3_client(s3_endpoint).create_bucket(Bucket=name)
     return name
 
 
 @pytest.fixture
-def proxy(moto_endpoint: str) -> Iterator[FaultProxy]:
-    p = FaultProxy(moto_endpoint)
+def proxy(s3_endpoint: str) -> Iterator[FaultProxy]:
+    p = FaultProxy(s3_endpoint)
     p.set_policy(FaultPolicy())
     yield p
     p.close()

@@ -14,9 +14,9 @@ __all__ = ["foreground", "loops"]  # fixtures shared with tests/access
 MiB = 1 << 20
 
 
-def test_mount_and_serve_from_s3(cli: RunCli, tmp_path: Path, bucket: str, moto_endpoint: str,
+def test_mount_and_serve_from_s3(cli: RunCli, tmp_path: Path, bucket: str, s3_endpoint: str,
                                  foreground: Started, loops: list[LoopMount]) -> None:
-    repo = ("-r", f"s3://{bucket}/access", "--endpoint-url", moto_endpoint)
+    repo = ("-r", f"s3://{bucket}/access", "--endpoint-url", s3_endpoint)
     image = tmp_path / "disk.img"
     expected = partitioned_image(image, 64 * MiB, ["mkfs.ext4", "-q", "-F"], tmp_path / "fill")
     assert cli("init", *repo).code == 0

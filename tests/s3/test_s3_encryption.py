@@ -40,14 +40,14 @@ class BucketObjects:
 
 
 def test_tampering_is_detected_over_s3(cli: RunCli, make_image: MakeImage, tmp_path: Path, bucket: str,
-                                       moto_endpoint: str) -> None:
-    repo = ("-r", f"s3://{bucket}/sealed", "--endpoint-url", moto_endpoint)
-    tamper_story(cli, repo, make_image, tmp_path, BucketObjects(moto_endpoint, bucket, "sealed/"))
+                                       s3_endpoint: str) -> None:
+    repo = ("-r", f"s3://{bucket}/sealed", "--endpoint-url", s3_endpoint)
+    tamper_story(cli, repo, make_image, tmp_path, BucketObjects(s3_endpoint, bucket, "sealed/"))
 
 
 def test_nothing_in_the_clear_in_the_bucket_or_the_cache(cli: RunCli, tmp_path: Path, bucket: str,
-                                                          moto_endpoint: str) -> None:
-    repo = ("-r", f"s3://{bucket}/secret", "--endpoint-url", moto_endpoint)
+                                                          s3_endpoint: str) -> None:
+    repo = ("-r", f"s3://{bucket}/secret", "--endpoint-url", s3_endpoint)
     image = marker_image(tmp_path / "marker.img")
     assert cli("init", *repo).code == 0
     cli("track", image)
@@ -56,7 +56,7 @@ def test_nothing_in_the_clear_in_the_bucket_or_the_cache(cli: RunCli, tmp_path: 
         vol.write(MiB, MARKER * 100)
     assert cli("incr", *repo, image).code == 0
     assert cli("list", *repo).code == 0
-    objects = BucketObjects(moto_endpoint, bucket, "secret/")
+    objects = BucketObjects(s3_endpoint, bucket, "secret/")
     for key in objects.keys(""):
         assert MARKER not in key.encode() and MARKER not in objects.get(key), key
     cache = tmp_path / "cache"

@@ -92,13 +92,13 @@ def test_chunks_gone_from_the_bucket_are_stored_again(
 
 
 @pytest.fixture
-def store_with_chunks(bucket: str, moto_endpoint: str, proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch
+def store_with_chunks(bucket: str, s3_endpoint: str, proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch
                       ) -> tuple[S3Store, set[bytes]]:
     """75 chunk keys spread evenly over the hash space (empty objects: only their names matter here),
     listed 25 to a page."""
     monkeypatch.setattr(chunk_presence, "PAGE", 25)
     digests = {(i * (1 << 256) // 75 + 12345).to_bytes(32, "big") for i in range(75)}
-    client = s3_client(moto_endpoint)
+    client = s3_client(s3_endpoint)
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda d: client.put_object(Bucket=bucket, Key="presence/" + chunk_key(d), Body=b""), digests))
     return S3Store(f"s3://{bucket}/presence", S3Options(endpoint_url=proxy.url)), digests
