@@ -1,7 +1,9 @@
-"""Every store backend the tests can run here, for the conformance suite: local, and S3 under moto."""
+"""Every store backend the tests can run here, for the conformance suite: local, S3 under moto (in-process)
+and S3 on Ceph's RADOS Gateway (a real server, tests/servers/ceph-cluster)."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,17 +13,31 @@ from moto import mock_aws
 
 from cbtbackup.repo.local_store import LocalStore
 from cbtbackup.repo.retrying_store import RetryingStore
-from cbtbackup.repo.s3_store import S3Store
+from cbtbackup.repo.s3_store import S3Options, S3Store
 from cbtbackup.repo.store import Store
+from tests.servers.s3_servers import S3Server
 
 
-@pytest.fixture(params=["local", "s3", "retrying-local"])
+@pytest.fixture(params=["local", "s3-moto", "s3-rgw", "retrying-local"])
 def store(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Store]:
     if request.param in ("local", "retrying-local"):
         (tmp_path / "store").mkdir()
         s: Store = LocalStore(tmp_path / "store")
         if request.param == "retrying-local":
             s = RetryingStore(s, base_delay=0.001)
+        yield s
+        s.close()
+        return
+    if request.param == "s3-rgw":
+        server: S3Server | str = request.getfixturevalue("rgw_server")
+        if isinstance(server, str):
+            pytest.skip(server)
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", server.access_key)
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", server.secret_key)
+        monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        name = f"conformance-{uuid.uuid4().hex[:12]}"
+        boto3.client("s3", endpoint_url=server.endpoint, region_name="us-east-1").create_bucket(Bucket=name)
+        s = S3Store(f"s3://{name}/some/prefix", S3Options(endpoint_url=server.endpoint))
         yield s
         s.close()
         return
