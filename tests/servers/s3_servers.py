@@ -3,7 +3,8 @@
 for ``s3_server`` runs once on each, its id naming the server (``[moto]``, ``[rgw]``).
 
 RGW is reused when ``CBTBACKUP_TEST_RGW_ENDPOINT`` (and ``CBTBACKUP_TEST_RGW_KEYS=ACCESS:SECRET``) name a
-running one, as .ci/run does; otherwise the fixture starts its own cluster and stops it at the end. Where
+running one, as .ci/run does (``CBTBACKUP_TEST_RGW_UNAVAILABLE`` carries its line when it could not start
+one); otherwise the fixture starts its own cluster and stops it at the end. Where
 Ceph cannot start, the RGW cases skip with the script's one line.
 """
 
@@ -51,6 +52,9 @@ def moto_server() -> Iterator[S3Server]:
 @pytest.fixture(scope="session")
 def rgw_server() -> Iterator[S3Server | str]:
     """A running RGW, or the one line that says why none could start."""
+    if os.environ.get("CBTBACKUP_TEST_RGW_UNAVAILABLE"):
+        yield os.environ["CBTBACKUP_TEST_RGW_UNAVAILABLE"]
+        return
     endpoint = os.environ.get("CBTBACKUP_TEST_RGW_ENDPOINT")
     if endpoint:
         access, _, secret = os.environ.get("CBTBACKUP_TEST_RGW_KEYS", "testkey:testsecret").partition(":")
