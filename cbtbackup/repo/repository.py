@@ -32,6 +32,7 @@ from cbtbackup.errors import CorruptDataError, NotFoundError, UsageError
 from cbtbackup.model.extent_map import ExtentMap, resolve_chain
 from cbtbackup.repo.chunk_codec import ChunkCodec, CorruptChunkError, MissingChunkError
 from cbtbackup.repo.chunk_presence import ChunkPresence, chunk_presence
+from cbtbackup.repo.conditional_probe import honours_conditional_create
 from cbtbackup.repo.config import RepositoryConfig
 from cbtbackup.repo.key_file import KeyFile, write_key_file
 from cbtbackup.repo.keys import KeySlots, UnlockError
@@ -78,6 +79,7 @@ class Repository:
         self.quarantine = Quarantine(store)
         self.locks = Locker(store, self.sealer)
         self._heads: dict[str, BackupRef] = {}  # chains whose newest backup this process already found
+        self.conditional_create: bool | None = None  # what init's probe found (None: not asked)
 
     # -- opening -------------------------------------------------------------------------------------------
 
@@ -92,6 +94,7 @@ class Repository:
                 raise UsageError(f"{location} is a repository already")
         if next(iter(store.list("")), None) is not None:
             raise UsageError(f"{location} is not empty; a new repository needs an empty place")
+        conditional = honours_conditional_create(store)
         sealer: Sealer = PlainSealer()
         slot = None
         master = None
@@ -105,7 +108,9 @@ class Repository:
             slot = KeySlots(store, config.id).add(passphrase, master)
         store.put(CONFIG_KEY, config.to_bytes())  # last: a repository exists once its config does
         store.sync()
-        return cls(store, config, location, sealer=sealer, key_slot=slot, master=master)
+        created = cls(store, config, location, sealer=sealer, key_slot=slot, master=master)
+        created.conditional_create = conditional
+        return created
 
     @classmethod
     def open(cls, store: Store, location: str, passphrase: Passphrase = None) -> Repository:

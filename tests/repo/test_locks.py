@@ -7,11 +7,17 @@ import time
 
 import pytest
 
+from cbtbackup.repo.conditional_probe import honours_conditional_create
 from cbtbackup.repo.locks import LockedError, Locker, LockInfo, LockLostError
 from cbtbackup.repo.store import Store
+from tests.repo.unconditional_store import IgnoresConditionalWrites
 
 
-def test_contenders_never_hold_together(store: Store) -> None:
+@pytest.mark.parametrize("conditional", ["honoured", "ignored"])
+def test_contenders_never_hold_together(store: Store, conditional: str) -> None:
+    # Locks are write-then-look: they hold also where the server ignores If-None-Match.
+    if conditional == "ignored":
+        store = IgnoresConditionalWrites(store)
     locker = Locker(store)
     holding: list[int] = []
     overlaps: list[str] = []
@@ -76,3 +82,9 @@ def test_expired_locks_of_other_hosts_are_stale() -> None:
     assert fresh.stale(now) is None
     assert fresh.conflicts(other) and not fresh.conflicts(LockInfo("z", "h", "", 1, 0, "b", now, now, 30,
                                                                   (), ("chain:b",)))
+
+
+def test_init_learns_whether_the_store_honours_conditional_writes(store: Store) -> None:
+    assert honours_conditional_create(store)
+    assert not honours_conditional_create(IgnoresConditionalWrites(store))
+    assert list(store.list("")) == []  # the probe leaves nothing behind

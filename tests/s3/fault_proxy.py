@@ -2,7 +2,8 @@
 
 Faults are drawn with a seeded random generator per request: a 500, a 503 SlowDown, a connection reset
 without an answer, or a slow answer. ``deny_puts_after`` answers 403 AccessDenied to every PUT once that
-many PUTs went through (a permanent failure). Only loopback addresses are involved.
+many PUTs went through (a permanent failure); ``ignore_conditional_writes`` drops ``If-None-Match`` from
+requests, so the server behaves as one that ignores it. Only loopback addresses are involved.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class FaultPolicy:
     slow_seconds: float = 0.3
     deny_puts_after: int | None = None
     seed: int = 0
+    ignore_conditional_writes: bool = False  # drop If-None-Match, as older S3-compatible servers ignore it
 
 
 class FaultProxy:
@@ -74,7 +76,10 @@ class FaultProxy:
                     return
                 if fault == "slow":
                     time.sleep(proxy.policy.slow_seconds)
-                status, headers, data = proxy._forward(self.command, self.path, dict(self.headers), body)
+                sent = dict(self.headers)
+                if proxy.policy.ignore_conditional_writes:
+                    sent = {k: v for k, v in sent.items() if k.lower() != "if-none-match"}
+                status, headers, data = proxy._forward(self.command, self.path, sent, body)
                 self.send_response(status)
                 for name, value in headers:
                     if name.lower() not in HOP_BY_HOP and name.lower() != "content-length":

@@ -156,3 +156,17 @@ def test_permanent_failure_then_resume(
     out = tmp_path / "big.out"
     assert cli("restore", "-r", repo, *ep, f"{rerun.json['name']}@latest", out).code == 0
     assert out.read_bytes() == big.read_bytes()
+
+
+def test_init_reports_whether_the_server_honours_conditional_writes(
+    cli: RunCli, bucket: str, proxy: FaultProxy, s3_server: S3Server
+) -> None:
+    honoured = cli("init", "-r", f"s3://{bucket}/a", "--endpoint-url", proxy.url, "--json")
+    assert honoured.code == 0 and honoured.json["conditional_writes"] is True, honoured.err
+    if s3_server.name == "rgw":
+        return  # RGW checks signatures, and If-None-Match is signed: only moto lets the proxy drop it
+    proxy.set_policy(FaultPolicy(ignore_conditional_writes=True))
+    ignored = cli("init", "-r", f"s3://{bucket}/b", "--endpoint-url", proxy.url, "--json")
+    assert ignored.code == 0 and ignored.json["conditional_writes"] is False
+    assert "ignores conditional writes" in ignored.err
+    assert list(s3_client(proxy.url).list_objects_v2(Bucket=bucket, Prefix="b/probe/").get("Contents", [])) == []

@@ -37,9 +37,12 @@ def init(repo: str, endpoint_url: str | None, chunk_size: str, compression: str,
     created = Repository.init(open_store(repo, StoreOptions(endpoint_url), create=True), repo, config, passphrase)
     emit(as_json, {"repository": repo, "id": created.config.id, "chunk_size": config.chunk_size,
                    "compression": config.compression, "encryption": encryption, "version": config.version,
-                   "key": created.key_slot},
+                   "key": created.key_slot, "conditional_writes": created.conditional_create},
          [f"created repository {repo} (chunk size {format_size(config.chunk_size)}, {config.compression}, "
           f"encryption {encryption})"])
+    if not created.conditional_create:
+        warn("this store ignores conditional writes (If-None-Match); locks do not depend on them, "
+             "see docs/s3.md")
 
 
 @click.command(name="list")
