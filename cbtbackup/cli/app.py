@@ -79,19 +79,36 @@ def cli() -> None:
 
 
 def repo_option(f: F) -> F:
-    """``-r/--repo``, ``--endpoint-url`` and the passphrase options: the command receives ``repo`` and
-    ``endpoint_url``; the passphrase options go where ``cli.passphrase`` reads them when a repository asks."""
+    """``-r/--repo``, ``--endpoint-url``, the passphrase options and the store's tuning (storage class, rate
+    limits): the command receives ``repo`` and ``endpoint_url``; the passphrase options go where
+    ``cli.passphrase`` reads them when a repository asks, the tuning where ``cli.repository_access`` does."""
     inner = f
 
     @functools.wraps(inner)
     def with_passwords(*args: Any, password_file: str | None = None, password_command: str | None = None,
-                       key_file: str | None = None, **kwargs: Any) -> Any:
+                       key_file: str | None = None, storage_class: str | None = None,
+                       allow_archive_class: bool = False, limit_upload: int | None = None,
+                       limit_download: int | None = None, **kwargs: Any) -> Any:
         from cbtbackup.cli.passphrase import CURRENT, PasswordOptions
+        from cbtbackup.cli.repository_access import TUNING
+        from cbtbackup.repo.location import StoreOptions
 
         CURRENT.set(PasswordOptions(password_file, password_command, key_file))
+        TUNING.set(StoreOptions(storage_class=storage_class, allow_archive_class=allow_archive_class,
+                                limit_upload=limit_upload * 1024 if limit_upload else None,
+                                limit_download=limit_download * 1024 if limit_download else None))
         return inner(*args, **kwargs)
 
     f = cast(F, with_passwords)
+    f = click.option("--limit-download", type=click.IntRange(min=1), envvar="CBTBACKUP_LIMIT_DOWNLOAD",
+                     metavar="KIB/S", help="Read from the repository at most this fast (KiB/s).")(f)
+    f = click.option("--limit-upload", type=click.IntRange(min=1), envvar="CBTBACKUP_LIMIT_UPLOAD",
+                     metavar="KIB/S", help="Write to the repository at most this fast (KiB/s).")(f)
+    f = click.option("--allow-archive-class", is_flag=True,
+                     help="Accept a --storage-class whose objects need a restore request before a read.")(f)
+    f = click.option("--storage-class", envvar="CBTBACKUP_S3_STORAGE_CLASS", metavar="CLASS",
+                     help="S3: the storage class of chunk objects (STANDARD_IA, ONEZONE_IA, INTELLIGENT_TIERING, "
+                          "GLACIER_IR, or a class of the server's); others stay STANDARD.")(f)
     f = click.option("--key-file", envvar="CBTBACKUP_KEY_FILE", metavar="FILE",
                      help="Open the repository with the key file FILE (see key export) instead of a passphrase; "
                           "or set CBTBACKUP_KEY_FILE.")(f)

@@ -1,11 +1,28 @@
-"""Opening the repository a command names, asking for its passphrase only if it is encrypted."""
+"""Opening the repository a command names, asking for its passphrase only if it is encrypted, through the
+store options (storage class, rate limits) the command line gave."""
 
 from __future__ import annotations
 
+import contextvars
+import dataclasses
+
 from cbtbackup.cli.passphrase import passphrase_for
-from cbtbackup.repo.location import StoreOptions, open_repository
+from cbtbackup.repo.location import StoreOptions, open_repository, open_store
 from cbtbackup.repo.repository import Repository
+from cbtbackup.repo.store import Store
+
+# Set by ``repo_option`` for the command being run: everything about the store but its endpoint.
+TUNING: contextvars.ContextVar[StoreOptions | None] = contextvars.ContextVar("store_tuning", default=None)
+
+
+def store_options(endpoint_url: str | None) -> StoreOptions:
+    return dataclasses.replace(TUNING.get() or StoreOptions(), endpoint_url=endpoint_url)
 
 
 def open_repo(repo: str, endpoint_url: str | None) -> Repository:
-    return open_repository(repo, StoreOptions(endpoint_url), passphrase_for(repo))
+    return open_repository(repo, store_options(endpoint_url), passphrase_for(repo))
+
+
+def open_new_store(repo: str, endpoint_url: str | None) -> Store:
+    """The store for ``init``: a missing local directory is made."""
+    return open_store(repo, store_options(endpoint_url), create=True)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from cbtbackup.errors import NotFoundError, UsageError
 from cbtbackup.repo.local_store import LocalStore
+from cbtbackup.repo.rate_limited_store import RateLimitedStore
 from cbtbackup.repo.repository import Passphrase, Repository
 from cbtbackup.repo.retrying_store import RetryingStore
 from cbtbackup.repo.s3_store import S3Options, S3Store
@@ -15,9 +16,20 @@ from cbtbackup.repo.store import Store
 
 @dataclasses.dataclass(frozen=True)
 class StoreOptions:
-    """How to reach a repository; only S3 uses these."""
+    """How to reach a repository: the endpoint and storage class are S3's; the rate limits (bytes per
+    second) hold for any store."""
 
     endpoint_url: str | None = None
+    storage_class: str | None = None
+    allow_archive_class: bool = False
+    limit_upload: float | None = None
+    limit_download: float | None = None
+
+
+def _limited(store: Store, options: StoreOptions) -> Store:
+    if options.limit_upload or options.limit_download:
+        return RateLimitedStore(store, options.limit_upload, options.limit_download)
+    return store
 
 
 def open_store(location: str, options: StoreOptions | None = None, *, create: bool = False) -> Store:
@@ -26,7 +38,11 @@ def open_store(location: str, options: StoreOptions | None = None, *, create: bo
     if not location:
         raise UsageError("no repository given: use -r/--repo or set CBTBACKUP_REPO")
     if location.startswith("s3://"):
-        return RetryingStore(S3Store(location, S3Options(endpoint_url=options.endpoint_url)))
+        s3 = S3Store(location, S3Options(endpoint_url=options.endpoint_url, storage_class=options.storage_class,
+                                         allow_archive_class=options.allow_archive_class))
+        return _limited(RetryingStore(s3), options)
+    if options.storage_class:
+        raise UsageError("--storage-class is for S3 repositories only")
     if "://" in location:
         raise UsageError(f"unsupported repository URL {location!r} (a directory or s3://BUCKET/PREFIX)")
     path = Path(location)
@@ -40,7 +56,7 @@ def open_store(location: str, options: StoreOptions | None = None, *, create: bo
     store = LocalStore(path)
     if made:
         store.made_root()
-    return store
+    return _limited(store, options)
 
 
 def open_repository(location: str, options: StoreOptions | None = None, passphrase: Passphrase = None) -> Repository:

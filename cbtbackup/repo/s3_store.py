@@ -37,6 +37,14 @@ class S3Options:
     max_attempts: int = 4
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
+    storage_class: str | None = None  # for chunk objects only; None: the bucket's default (STANDARD)
+    allow_archive_class: bool = False  # classes that need a restore request before a read
+
+
+# Objects in these classes cannot be read until a restore request has run for hours: a backup stored there
+# cannot be restored, verified or pruned in the ordinary way.
+ARCHIVE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
+CHUNKS_PREFIX = "chunks/"  # the only objects that take a storage class; manifests, heads, keys, locks stay
 
 
 class ObjectExistsError(StorageError):
@@ -61,6 +69,14 @@ class S3Store(Store):
         self.url = url
         self.options = options or S3Options()
         self.bucket, self.prefix = parse_s3_url(url)
+        storage_class = self.options.storage_class
+        if storage_class is not None:
+            if not storage_class or not storage_class.replace("_", "").isalnum():
+                raise UsageError(f"invalid storage class {storage_class!r}")
+            if storage_class.upper() in ARCHIVE_CLASSES and not self.options.allow_archive_class:
+                raise UsageError(f"storage class {storage_class} needs a restore request before each read: "
+                                 "backups there cannot be restored or verified directly (--allow-archive-class "
+                                 "if that is what you want)")
         config = botocore.config.Config(
             retries={"mode": "standard", "max_attempts": self.options.max_attempts},
             max_pool_connections=self.options.parallelism,
@@ -75,6 +91,12 @@ class S3Store(Store):
 
     # -- the Store interface -------------------------------------------------------------------------------
 
+    def _extra(self, key: str) -> dict[str, str]:
+        """What a PUT of ``key`` carries besides its body: the storage class, for chunks."""
+        if self.options.storage_class and key.startswith(CHUNKS_PREFIX):
+            return {"StorageClass": self.options.storage_class}
+        return {}
+
     def put(self, key: str, data: bytes) -> None:
         if len(data) > MULTIPART_THRESHOLD:
             from boto3.s3.transfer import TransferConfig
@@ -82,15 +104,16 @@ class S3Store(Store):
             cfg = TransferConfig(multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_THRESHOLD,
                                  max_concurrency=4)
             self._call("write", key, self._client.upload_fileobj, io.BytesIO(data), self.bucket,
-                       self.prefix + key, Config=cfg)
+                       self.prefix + key, Config=cfg, ExtraArgs=self._extra(key) or None)
         else:
-            self._call("write", key, self._client.put_object, Bucket=self.bucket, Key=self.prefix + key, Body=data)
+            self._call("write", key, self._client.put_object, Bucket=self.bucket, Key=self.prefix + key, Body=data,
+                       **self._extra(key))
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
         """A conditional PUT (``If-None-Match: *``): S3 creates the object only if none is there."""
         try:
             self._call("write", key, self._client.put_object, Bucket=self.bucket, Key=self.prefix + key, Body=data,
-                       IfNoneMatch="*")
+                       IfNoneMatch="*", **self._extra(key))
         except ObjectExistsError:
             return False
         return True
@@ -185,6 +208,10 @@ class S3Store(Store):
             status = str(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
             if code in ("PreconditionFailed", "ConditionalRequestConflict") or status == "412":
                 raise ObjectExistsError(f"{self._where(key)} exists") from None
+            # AWS says InvalidStorageClass; RGW says InvalidArgument for a class its zone does not define.
+            if code == "InvalidStorageClass" or (code == "InvalidArgument" and action == "write"
+                                                 and self._extra(key)):
+                raise UsageError(f"the server does not offer storage class {self.options.storage_class!r}") from None
             if code in _NO_BUCKET:
                 raise NotFoundError(f"bucket {self.bucket!r} does not exist") from None
             if code in _NOT_FOUND or status == "404":

@@ -1,4 +1,5 @@
-"""Every store backend the tests can run here, for the conformance suite: local, S3 under moto (in-process)
+"""Every store backend and wrapper the tests can run here, for the conformance suite: local (bare, retrying,
+rate-limited), S3 under moto (in-process)
 and S3 on Ceph's RADOS Gateway (a real server, tests/servers/ceph-cluster)."""
 
 from __future__ import annotations
@@ -12,19 +13,22 @@ import pytest
 from moto import mock_aws
 
 from cbtbackup.repo.local_store import LocalStore
+from cbtbackup.repo.rate_limited_store import RateLimitedStore
 from cbtbackup.repo.retrying_store import RetryingStore
 from cbtbackup.repo.s3_store import S3Options, S3Store
 from cbtbackup.repo.store import Store
 from tests.servers.s3_servers import S3Server
 
 
-@pytest.fixture(params=["local", "s3-moto", "s3-rgw", "retrying-local"])
+@pytest.fixture(params=["local", "s3-moto", "s3-rgw", "retrying-local", "rate-limited-local"])
 def store(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Store]:
-    if request.param in ("local", "retrying-local"):
+    if request.param in ("local", "retrying-local", "rate-limited-local"):
         (tmp_path / "store").mkdir()
         s: Store = LocalStore(tmp_path / "store")
         if request.param == "retrying-local":
             s = RetryingStore(s, base_delay=0.001)
+        if request.param == "rate-limited-local":
+            s = RateLimitedStore(s, upload=200 << 20, download=200 << 20)
         yield s
         s.close()
         return

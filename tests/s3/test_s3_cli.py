@@ -170,3 +170,31 @@ def test_init_reports_whether_the_server_honours_conditional_writes(
     assert ignored.code == 0 and ignored.json["conditional_writes"] is False
     assert "ignores conditional writes" in ignored.err
     assert list(s3_client(proxy.url).list_objects_v2(Bucket=bucket, Prefix="b/probe/").get("Contents", [])) == []
+
+
+def test_storage_class_goes_on_chunks_only(
+    cli: RunCli, make_image: MakeImage, bucket: str, s3_endpoint: str, s3_server: S3Server
+) -> None:
+    # RGW offers only STANDARD unless its zone is given more placement classes; moto knows AWS's classes.
+    chosen = "STANDARD_IA" if s3_server.name == "moto" else "STANDARD"
+    repo = ("-r", f"s3://{bucket}/classy", "--endpoint-url", s3_endpoint)
+    assert cli("init", *repo, "--storage-class", chosen).code == 0
+    assert cli("full", *repo, "--storage-class", chosen, make_image(MiB)).code == 0
+    client = s3_client(s3_endpoint)
+    listed = client.list_objects_v2(Bucket=bucket, Prefix="classy/")["Contents"]
+    classes = {o["Key"].split("/")[1]: set() for o in listed}
+    for o in listed:
+        classes[o["Key"].split("/")[1]].add(client.head_object(Bucket=bucket, Key=o["Key"]).get("StorageClass",
+                                                                                                "STANDARD"))
+    assert classes.pop("chunks") == {chosen}
+    assert all(found == {"STANDARD"} for found in classes.values()), classes
+    if s3_server.name == "rgw":
+        cli("full", *repo, "--storage-class", "NO_SUCH_CLASS", make_image(MiB)).assert_one_line_error(
+            2, "does not offer storage class 'NO_SUCH_CLASS'")
+    cli("full", *repo, "--storage-class", "DEEP_ARCHIVE", make_image(MiB)).assert_one_line_error(
+        2, "restore request", "--allow-archive-class")
+
+
+def test_storage_class_is_refused_for_a_directory(cli: RunCli, tmp_path: Path) -> None:
+    cli("init", "-r", tmp_path / "r", "--storage-class", "STANDARD_IA").assert_one_line_error(2, "S3 repositories only")
+    assert not (tmp_path / "r").exists()

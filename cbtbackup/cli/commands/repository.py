@@ -10,13 +10,12 @@ import click
 from cbtbackup.cli.app import emit, json_option, repo_option, warn
 from cbtbackup.cli.passphrase import read_passphrase
 from cbtbackup.cli.progress_bar import make_progress
-from cbtbackup.cli.repository_access import open_repo
+from cbtbackup.cli.repository_access import open_new_store, open_repo
 from cbtbackup.errors import CorruptDataError
 from cbtbackup.model.sizes import format_size, parse_size
 from cbtbackup.pipeline.integrity import DamagedBackupError, run_verify
 from cbtbackup.pipeline.stats import bytes_alone
 from cbtbackup.repo.config import RepositoryConfig
-from cbtbackup.repo.location import StoreOptions, open_store
 from cbtbackup.repo.manifest import BackupRef
 from cbtbackup.repo.repository import Repository
 from cbtbackup.repo.sealing import MODES
@@ -34,7 +33,7 @@ def init(repo: str, endpoint_url: str | None, chunk_size: str, compression: str,
     """Create a new, empty repository (encrypted unless --encryption none)."""
     config = RepositoryConfig(chunk_size=parse_size(chunk_size), compression=compression, encryption=encryption)
     passphrase = read_passphrase(repo, confirm=True) if encryption != "none" else None
-    created = Repository.init(open_store(repo, StoreOptions(endpoint_url), create=True), repo, config, passphrase)
+    created = Repository.init(open_new_store(repo, endpoint_url), repo, config, passphrase)
     emit(as_json, {"repository": repo, "id": created.config.id, "chunk_size": config.chunk_size,
                    "compression": config.compression, "encryption": encryption, "version": config.version,
                    "key": created.key_slot, "conditional_writes": created.conditional_create},
