@@ -56,6 +56,15 @@ class BusyError(CbtError):
     exit_code = 4
 
 
+class RetainedError(BusyError):
+    """An object is under retention (S3 Object Lock) and cannot be deleted until ``until`` (a UNIX time, 0
+    when the server did not say)."""
+
+    def __init__(self, *args: object, until: float = 0.0) -> None:
+        super().__init__(*args, details={"retained_until": until} if until else None)
+        self.until = until
+
+
 class CorruptDataError(CbtError):
     """Data read back fails its own checks."""
 

@@ -48,3 +48,18 @@ def parse_when(text: str) -> float:
             continue
         return (when.replace(tzinfo=datetime.UTC) if utc else when.astimezone()).timestamp()
     raise UsageError(f"{text!r} is not a time (examples: 2026-11-20 13:00, 2026-11-20T13:00:00Z, 2026-11-20)")
+
+
+def format_when(when: float) -> str:
+    """A UNIX time as people read it in a report: ``2026-12-04 21:45:09 UTC``."""
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(when))
+
+
+def format_duration(seconds: float) -> str:
+    """A span as people write it: ``30d``, ``12h``, ``90s`` (the largest unit that divides it)."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"

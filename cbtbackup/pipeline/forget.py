@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from cbtbackup.errors import CorruptDataError, UsageError
+from cbtbackup.errors import CorruptDataError, RetainedError, UsageError
 from cbtbackup.model.extent_map import ExtentMap, overlay
 from cbtbackup.model.retention import Candidate, RetentionPolicy, apply_policy
 from cbtbackup.pipeline.hooks import Hook, no_hook
@@ -39,11 +39,13 @@ class ForgetResult:
     kept: list[tuple[BackupRef, tuple[str, ...]]]
     removed: list[BackupRef]
     dry_run: bool
+    locked: list[tuple[BackupRef, float]] = dataclasses.field(default_factory=list)  # due, but still locked
 
     def to_json(self) -> dict[str, Any]:
         return {
             "kept": [{"id": r.id, "name": r.name, "reasons": list(why)} for r, why in self.kept],
             "removed": [{"id": r.id, "name": r.name} for r in self.removed],
+            "locked": [{"id": r.id, "name": r.name, "until": until} for r, until in self.locked],
             "dry_run": self.dry_run,
         }
 
@@ -64,10 +66,31 @@ def run_forget(
     with repo.locks.acquire(f"forget in {', '.join(names) or 'nothing'}", wait=options.wait_lock,
                             exclusive=(*(f"chain:{n}" for n in names), "manifests"), notice=progress.notice):
         kept, removed = _decide(repo, options, refs)
+        locked = _still_locked(repo, removed)
+        removed = [r for r in removed if r not in dict(locked)]
         if not options.dry_run:
-            for ref in sorted(removed, key=lambda r: (r.name, r.stamp)):
-                remove_backup(repo, ref, hook)
-    return ForgetResult(kept, removed, options.dry_run)
+            # Oldest first, except under Object Lock: there a child that folding rewrites is locked anew, so
+            # removing the newest first keeps a backup due now from being rewritten before its turn.
+            for ref in sorted(removed, key=lambda r: (r.name, r.stamp), reverse=repo.locked):
+                try:
+                    remove_backup(repo, ref, hook)
+                except RetainedError as e:  # an older version of it is locked longer than its newest
+                    locked.append((ref, e.until))
+            removed = [r for r in removed if r not in dict(locked)]
+    return ForgetResult(kept, removed, options.dry_run, locked)
+
+
+def _still_locked(repo: Repository, refs: list[BackupRef]) -> list[tuple[BackupRef, float]]:
+    """The backups among ``refs`` whose manifest cannot be deleted yet (Object Lock): they stay, and the
+    next forget after their lock ends removes them."""
+    if not repo.locked:
+        return []
+    out = []
+    for ref in refs:
+        until = repo.store.retained_until(ref.key)
+        if until:
+            out.append((ref, until))
+    return out
 
 
 def _decide(

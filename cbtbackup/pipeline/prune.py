@@ -29,13 +29,16 @@ import time
 from array import array
 from typing import Any
 
-from cbtbackup.errors import CorruptDataError
+from cbtbackup.errors import CorruptDataError, RetainedError
 from cbtbackup.model.extent_map import ZERO_DIGEST
 from cbtbackup.pipeline.hooks import Hook, no_hook
 from cbtbackup.pipeline.progress import NullProgress, Progress
+from cbtbackup.pipeline.retention_refresh import refresh_retention
 from cbtbackup.pipeline.workers import BoundedSubmitter, PipelineConfig
-from cbtbackup.repo.manifest import BackupRef
-from cbtbackup.repo.repository import CHUNKS_PREFIX, HEADS_PREFIX, Repository
+from cbtbackup.repo.keys import KEYS_PREFIX
+from cbtbackup.repo.manifest import BACKUPS_PREFIX, BackupRef
+from cbtbackup.repo.repository import CHUNKS_PREFIX, CONFIG_KEY, HEADS_PREFIX, Repository
+from cbtbackup.repo.store import ObjectInfo
 
 INCOMPLETE_AGE = 3600.0  # leftovers of puts older than this are surely from runs that died
 CHECK_EVERY = 256  # deletions between checks that the locks are still held
@@ -57,6 +60,12 @@ class PruneResult:
     bytes_deleted: int = 0
     incomplete_removed: int = 0
     heads_removed: int = 0
+    # Object Lock repositories: unused chunks still locked (kept), until when the last of them is, and how
+    # many locks of needed objects prune extended.
+    chunks_kept_locked: int = 0
+    bytes_kept_locked: int = 0
+    locked_until: float = 0.0
+    retention_extended: int = 0
     dry_run: bool = False
     duration_s: float = 0.0
 
@@ -95,6 +104,7 @@ def run_prune(
     config = config or PipelineConfig()
     started = time.monotonic()
     result = PruneResult(dry_run=options.dry_run)
+    retention = repo.config.retention()
     with repo.locks.acquire("prune", shared=("manifests",), wait=options.wait_lock,
                             notice=progress.notice) as mark_lock:
         seen = set()
@@ -105,14 +115,29 @@ def run_prune(
         noted.freeze()
         result.backups = len(seen)
         candidates, sizes = bytearray(), array("Q")
+        needed: list[ObjectInfo] = []  # what keeps its lock (Object Lock repositories only)
+        now = time.time()
         for obj in repo.store.list(CHUNKS_PREFIX):
             result.chunks += 1
             digest = _digest_of_key(obj.key)
-            if digest is not None and digest not in noted:
+            if digest is None or digest in noted:
+                if retention is not None:
+                    needed.append(obj)
+            elif retention is not None and obj.modified + retention.seconds > now:
+                # Surely still locked (written less than a period ago): not worth a refused request.
+                result.chunks_kept_locked += 1
+                result.bytes_kept_locked += obj.size
+                result.locked_until = max(result.locked_until, obj.modified + retention.seconds)
+            else:
                 candidates += digest
                 sizes.append(obj.size)
-        result.chunks_unused, result.bytes_unused = len(sizes), sum(sizes)
+        result.chunks_unused = len(sizes) + result.chunks_kept_locked
+        result.bytes_unused = sum(sizes) + result.bytes_kept_locked
         hook("marked")
+        if retention is not None and not options.dry_run:
+            needed += [o for prefix in (BACKUPS_PREFIX, KEYS_PREFIX) for o in repo.store.list(prefix)]
+            needed += [o for o in [repo.store.stat(CONFIG_KEY)] if o is not None]
+            result.retention_extended = refresh_retention(repo, needed, config)
         if options.dry_run:
             result.duration_s = round(time.monotonic() - started, 3)
             return result
@@ -163,7 +188,14 @@ def _delete(
     progress.start(sum(sizes), "prune")
 
     def delete(digest: bytes, size: int) -> None:
-        repo.store.delete(repo.chunk_key(digest))
+        try:
+            repo.store.delete(repo.chunk_key(digest))
+        except RetainedError as e:  # its lock was extended since it was written: it stays until then
+            with lock:
+                result.chunks_kept_locked += 1
+                result.bytes_kept_locked += size
+                result.locked_until = max(result.locked_until, e.until)
+            return
         with lock:
             result.chunks_deleted += 1
             result.bytes_deleted += size

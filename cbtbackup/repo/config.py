@@ -9,6 +9,7 @@ import uuid
 
 from cbtbackup.errors import CorruptDataError, UsageError
 from cbtbackup.repo.chunk_codec import parse_compression
+from cbtbackup.repo.retention import RetentionPolicy
 from cbtbackup.repo.sealing import check_mode
 
 FORMAT_NAME = "cbtbackup-repository"
@@ -29,6 +30,10 @@ class RepositoryConfig:
     version: int = FORMAT_VERSION
     encryption: str = "none"  # "none", "aes-256-gcm" or "chacha20-poly1305"
     mac: str = ""  # keyed BLAKE3 of the other fields, in an encrypted repository (checked once unlocked)
+    # Immutable backups (S3 Object Lock): every object is written under retention for lock_seconds; empty
+    # and 0 otherwise, and then absent from the JSON, so configs written before them read and MAC the same.
+    lock_mode: str = ""
+    lock_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         cs = self.chunk_size
@@ -36,14 +41,26 @@ class RepositoryConfig:
             raise UsageError(f"chunk size {cs} is not a power of two from 64 KiB to 16 MiB")
         parse_compression(self.compression)
         check_mode(self.encryption)
+        if self.lock_mode:
+            self.retention()
+
+    def retention(self) -> RetentionPolicy | None:
+        """The retention every write carries, or None in a repository without Object Lock."""
+        return RetentionPolicy(self.lock_mode, self.lock_seconds) if self.lock_mode else None
+
+    def _fields(self) -> dict[str, object]:
+        fields = dataclasses.asdict(self)
+        if not self.lock_mode:
+            del fields["lock_mode"], fields["lock_seconds"]
+        return fields
 
     def body_for_mac(self) -> bytes:
         """The fields the MAC covers: everything but the MAC."""
-        fields = {k: v for k, v in dataclasses.asdict(self).items() if k != "mac"}
+        fields = {k: v for k, v in self._fields().items() if k != "mac"}
         return json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
 
     def to_bytes(self) -> bytes:
-        fields = {"format": FORMAT_NAME, **dataclasses.asdict(self)}
+        fields = {"format": FORMAT_NAME, **self._fields()}
         return json.dumps(fields, indent=2).encode() + b"\n"
 
     @classmethod

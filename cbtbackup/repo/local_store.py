@@ -43,7 +43,7 @@ def _write_through(fd: int) -> None:
 
 def _info(key: str, st: os.stat_result) -> ObjectInfo:
     # A put renames a new file into place, so the inode tells one version of an object from the next.
-    return ObjectInfo(key, st.st_size, f"{st.st_ino:x}-{st.st_mtime_ns:x}")
+    return ObjectInfo(key, st.st_size, f"{st.st_ino:x}-{st.st_mtime_ns:x}", st.st_mtime)
 
 
 class LocalStore(Store):

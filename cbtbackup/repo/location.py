@@ -24,6 +24,7 @@ class StoreOptions:
     allow_archive_class: bool = False
     limit_upload: float | None = None
     limit_download: float | None = None
+    as_of: float | None = None  # S3: read a versioned bucket as it was then (read-only)
 
 
 def _limited(store: Store, options: StoreOptions) -> Store:
@@ -39,10 +40,12 @@ def open_store(location: str, options: StoreOptions | None = None, *, create: bo
         raise UsageError("no repository given: use -r/--repo or set CBTBACKUP_REPO")
     if location.startswith("s3://"):
         s3 = S3Store(location, S3Options(endpoint_url=options.endpoint_url, storage_class=options.storage_class,
-                                         allow_archive_class=options.allow_archive_class))
+                                         allow_archive_class=options.allow_archive_class, as_of=options.as_of))
         return _limited(RetryingStore(s3), options)
     if options.storage_class:
         raise UsageError("--storage-class is for S3 repositories only")
+    if options.as_of is not None:
+        raise UsageError("--as-of reads an S3 bucket's object versions: it is for S3 repositories only")
     if "://" in location:
         raise UsageError(f"unsupported repository URL {location!r} (a directory or s3://BUCKET/PREFIX)")
     path = Path(location)

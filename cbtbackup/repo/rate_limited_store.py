@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 
-from cbtbackup.repo.store import ListPage, ObjectInfo, Store, StoreCapabilities
+from cbtbackup.repo.forwarding_store import ForwardingStore
+from cbtbackup.repo.store import Store
 
 
 class _Schedule:
@@ -31,10 +31,10 @@ class _Schedule:
             time.sleep(delay)
 
 
-class RateLimitedStore(Store):
+class RateLimitedStore(ForwardingStore):
     def __init__(self, inner: Store, upload: float | None = None, download: float | None = None) -> None:
         """``upload`` and ``download`` in bytes per second; None leaves that direction alone."""
-        self.inner = inner
+        super().__init__(inner)
         self._up = _Schedule(upload) if upload else None
         self._down = _Schedule(download) if download else None
 
@@ -53,30 +53,3 @@ class RateLimitedStore(Store):
         if self._down:
             self._down.book(len(data))
         return data
-
-    def stat(self, key: str) -> ObjectInfo | None:
-        return self.inner.stat(key)
-
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        return self.inner.list(prefix)
-
-    def list_page(self, prefix: str, start_after: str = "", limit: int = 1000) -> ListPage:
-        return self.inner.list_page(prefix, start_after, limit)
-
-    def delete(self, key: str) -> None:
-        self.inner.delete(key)
-
-    def sync(self) -> None:
-        self.inner.sync()
-
-    def depend_on(self, key: str) -> None:
-        self.inner.depend_on(key)
-
-    def capabilities(self) -> StoreCapabilities:
-        return self.inner.capabilities()
-
-    def remove_incomplete(self, older_than: float) -> int:
-        return self.inner.remove_incomplete(older_than)
-
-    def close(self) -> None:
-        self.inner.close()

@@ -94,6 +94,12 @@ class Repository:
                 raise UsageError(f"{location} is a repository already")
         if next(iter(store.list("")), None) is not None:
             raise UsageError(f"{location} is not empty; a new repository needs an empty place")
+        retention = config.retention()
+        if retention is not None:
+            refusal = store.object_lock_refusal()
+            if refusal:
+                raise UsageError(refusal)
+            store.apply_object_lock(retention)
         conditional = honours_conditional_create(store)
         sealer: Sealer = PlainSealer()
         slot = None
@@ -121,6 +127,9 @@ class Repository:
         except NotFoundError:
             raise NotFoundError(f"{location} is not a cbtbackup repository (no config); create one with init") from None
         config = RepositoryConfig.from_bytes(raw, location)
+        retention = config.retention()
+        if retention is not None:
+            store.apply_object_lock(retention)  # a store that cannot lock says so here, before any write
         if config.encryption == "none":
             if next(iter(store.list("keys/")), None) is not None:
                 raise CorruptDataError(f"{location}: the config says unencrypted, but the repository has key slots: "
@@ -254,10 +263,19 @@ class Repository:
         remaining = self.list_backups(ref.name)
         if remaining:
             self._put_head(remaining[-1])
-        else:
+        elif not self.locked:
             self.store.delete(HEADS_PREFIX + ref.name)
 
+    @property
+    def locked(self) -> bool:
+        """Whether this repository's objects are immutable for a while after each write (S3 Object Lock)."""
+        return bool(self.config.lock_mode)
+
     def _put_head(self, ref: BackupRef) -> None:
+        if self.locked:
+            # A head changes with every backup, so a lock cannot keep it honest (an overwrite by whoever
+            # took the host would roll the chain back): locked repositories have none and list the chain.
+            return
         key = HEADS_PREFIX + ref.name
         self.store.put(key, self.sealer.seal(key, json.dumps({"key": ref.key}).encode()))
 
@@ -326,6 +344,8 @@ class Repository:
 
     def _find_latest(self, name: str) -> BackupRef | None:
         try:
+            if self.locked:
+                raise NotFoundError("locked repositories keep no heads")  # one planted by an attacker is not ours
             head = json.loads(self.sealer.open(HEADS_PREFIX + name, self.store.get(HEADS_PREFIX + name)))
             ref = BackupRef.from_key(str(head["key"]))
         except (NotFoundError, CorruptDataError, ValueError, KeyError, TypeError):

@@ -12,14 +12,15 @@ from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 from cbtbackup.errors import TransientStorageError
-from cbtbackup.repo.store import ListPage, ObjectInfo, Store, StoreCapabilities
+from cbtbackup.repo.forwarding_store import ForwardingStore
+from cbtbackup.repo.store import ListPage, ObjectInfo, Store
 
 T = TypeVar("T")
 
 
-class RetryingStore(Store):
+class RetryingStore(ForwardingStore):
     def __init__(self, inner: Store, attempts: int = 4, base_delay: float = 0.2, max_delay: float = 5.0) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.attempts = max(1, attempts)
         self.base_delay = base_delay
         self.max_delay = max_delay
@@ -73,17 +74,14 @@ class RetryingStore(Store):
     def delete(self, key: str) -> None:
         self._retry(lambda: self.inner.delete(key))
 
-    def depend_on(self, key: str) -> None:
-        self.inner.depend_on(key)
-
     def sync(self) -> None:
         self._retry(self.inner.sync)
-
-    def capabilities(self) -> StoreCapabilities:
-        return self.inner.capabilities()
 
     def remove_incomplete(self, older_than: float) -> int:
         return self._retry(lambda: self.inner.remove_incomplete(older_than))
 
-    def close(self) -> None:
-        self.inner.close()
+    def retained_until(self, key: str) -> float:
+        return self._retry(lambda: self.inner.retained_until(key))
+
+    def extend_retention(self, key: str, until: float) -> None:
+        self._retry(lambda: self.inner.extend_retention(key, until))

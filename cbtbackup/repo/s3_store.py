@@ -11,12 +11,18 @@ boto3 is imported when the first S3 store is made, so commands that never touch 
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
+import datetime
 import io
+import time
 from collections.abc import Iterator
 from typing import Any
 
-from cbtbackup.errors import NotFoundError, StorageError, TransientStorageError, UsageError
+from cbtbackup.errors import NotFoundError, RetainedError, StorageError, TransientStorageError, UsageError
+from cbtbackup.model.durations import format_when
+from cbtbackup.repo.retention import RetentionPolicy
+from cbtbackup.repo.s3_point_in_time import PointInTime
 from cbtbackup.repo.store import ListPage, ObjectInfo, Store, StoreCapabilities
 
 MULTIPART_THRESHOLD = 64 << 20
@@ -25,7 +31,7 @@ _NO_BUCKET = {"NoSuchBucket"}
 _DENIED = {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
            "InvalidToken", "AllAccessDisabled", "AccountProblem"}
 _TRANSIENT = {"500", "502", "503", "504", "InternalError", "ServiceUnavailable", "SlowDown", "Throttling",
-              "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed", "RequestLimitExceeded"}
+              "ThrottlingException", "RequestTimeout", "RequestLimitExceeded"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,12 +45,25 @@ class S3Options:
     read_timeout: float = 60.0
     storage_class: str | None = None  # for chunk objects only; None: the bucket's default (STANDARD)
     allow_archive_class: bool = False  # classes that need a restore request before a read
+    as_of: float | None = None  # read the bucket as it was then (a versioned bucket), and write nothing
 
 
 # Objects in these classes cannot be read until a restore request has run for hours: a backup stored there
 # cannot be restored, verified or pruned in the ordinary way.
 ARCHIVE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
 CHUNKS_PREFIX = "chunks/"  # the only objects that take a storage class; manifests, heads, keys, locks stay
+
+
+class _Denied(StorageError):
+    """The server refused a request (credentials, a bucket policy, or a locked version)."""
+
+
+class _NoLockConfig(StorageError):
+    """The bucket has no Object Lock configuration."""
+
+
+def _utc(when: float) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(when, datetime.UTC)
 
 
 class ObjectExistsError(StorageError):
@@ -88,14 +107,23 @@ class S3Store(Store):
                                                           config=config)
         except Exception as e:  # a malformed endpoint URL or region
             raise UsageError(f"cannot set up S3 for {url}: {e}") from None
+        self._retention: RetentionPolicy | None = None
+        self._past = PointInTime(self, self.options.as_of) if self.options.as_of is not None else None
 
     # -- the Store interface -------------------------------------------------------------------------------
 
-    def _extra(self, key: str) -> dict[str, str]:
-        """What a PUT of ``key`` carries besides its body: the storage class, for chunks."""
+    def _extra(self, key: str) -> dict[str, Any]:
+        """What a PUT of ``key`` carries besides its body: the storage class (chunks), the retention (in an
+        Object Lock repository, everything but locks and probes)."""
+        if self._past is not None:
+            raise UsageError(self._past.read_only)
+        extra: dict[str, Any] = {}
         if self.options.storage_class and key.startswith(CHUNKS_PREFIX):
-            return {"StorageClass": self.options.storage_class}
-        return {}
+            extra["StorageClass"] = self.options.storage_class
+        if self._retention is not None and self._retention.locks(key):
+            extra["ObjectLockMode"] = self._retention.mode
+            extra["ObjectLockRetainUntilDate"] = _utc(time.time() + self._retention.seconds)
+        return extra
 
     def put(self, key: str, data: bytes) -> None:
         if len(data) > MULTIPART_THRESHOLD:
@@ -120,6 +148,8 @@ class S3Store(Store):
 
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self.prefix + key}
+        if self._past is not None:
+            kwargs["VersionId"] = self._past.version_of(key)
         if offset or length is not None:
             if length == 0:
                 return b""
@@ -136,13 +166,19 @@ class S3Store(Store):
         return data
 
     def stat(self, key: str) -> ObjectInfo | None:
+        if self._past is not None:
+            return self._past.stat(key)
         try:
             head = self._call("stat", key, self._client.head_object, Bucket=self.bucket, Key=self.prefix + key)
         except NotFoundError:
             return None
-        return ObjectInfo(key, int(head["ContentLength"]), str(head.get("ETag", "")))
+        modified = head.get("LastModified")
+        return ObjectInfo(key, int(head["ContentLength"]), str(head.get("ETag", "")),
+                          modified.timestamp() if modified is not None else 0.0)
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        if self._past is not None:
+            return iter(self._past.list(prefix))
         paginator = self._client.get_paginator("list_objects_v2")
         pages = paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix)
         found: list[ObjectInfo] = []
@@ -157,6 +193,9 @@ class S3Store(Store):
     def list_page(self, prefix: str, start_after: str = "", limit: int = 1000) -> ListPage:
         """One ListObjectsV2 request (S3 answers at most 1000 keys a request, in UTF-8 binary order, which
         for the ASCII keys of a repository is the order of Python strings)."""
+        if self._past is not None:
+            after = [info for info in self._past.list(prefix) if info.key > start_after]
+            return after[:limit], len(after) > limit
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.prefix + prefix,
                                   "MaxKeys": max(1, min(limit, 1000))}
         if start_after:
@@ -166,10 +205,76 @@ class S3Store(Store):
 
     def _listed(self, item: dict[str, Any]) -> ObjectInfo:
         """An object of a ListObjectsV2 answer, its key without the repository's prefix."""
-        return ObjectInfo(item["Key"][len(self.prefix):], int(item["Size"]), str(item.get("ETag", "")))
+        modified = item.get("LastModified")
+        return ObjectInfo(item["Key"][len(self.prefix):], int(item["Size"]), str(item.get("ETag", "")),
+                          modified.timestamp() if modified is not None else 0.0)
 
     def delete(self, key: str) -> None:
-        self._call("delete", key, self._client.delete_object, Bucket=self.bucket, Key=self.prefix + key)
+        if self._past is not None:
+            raise UsageError(self._past.read_only)
+        if self._retention is None:
+            self._call("delete", key, self._client.delete_object, Bucket=self.bucket, Key=self.prefix + key)
+            return
+        # A versioned bucket: a plain DELETE only hides the object behind a marker and frees nothing. Remove
+        # every version instead; a locked one refuses, and stays.
+        kept = 0.0
+        for version in self.versions(key):
+            try:
+                self._call("delete", key, self._client.delete_object, Bucket=self.bucket, Key=self.prefix + key,
+                           VersionId=version)
+            except StorageError as e:
+                if not isinstance(e, _Denied):
+                    raise
+                kept = max(kept, self._retained(key, version) or time.time())
+        if kept:
+            raise RetainedError(f"{self._where(key)} is locked until {format_when(kept)}", until=kept)
+
+    def versions(self, key: str) -> builtins.list[str]:
+        """Every version id of ``key`` (delete markers too), newest first."""
+        answer = self._call("list", key, self._client.list_object_versions, Bucket=self.bucket,
+                            Prefix=self.prefix + key)
+        found = [(v["LastModified"], v["VersionId"]) for kind in ("Versions", "DeleteMarkers")
+                 for v in answer.get(kind, []) if v["Key"] == self.prefix + key]
+        return [version for _, version in sorted(found, key=lambda f: f[0], reverse=True)]
+
+    # -- Object Lock ------------------------------------------------------------------------------------------
+
+    def object_lock_refusal(self) -> str | None:
+        try:
+            answer = self._call("read", "", self._client.get_object_lock_configuration, Bucket=self.bucket)
+        except _NoLockConfig:
+            return (f"bucket {self.bucket!r} does not have Object Lock enabled (S3 turns it on only when a bucket "
+                    "is created: make a new bucket with Object Lock)")
+        config = answer.get("ObjectLockConfiguration", {})
+        if config.get("ObjectLockEnabled") != "Enabled":
+            return f"bucket {self.bucket!r} does not have Object Lock enabled"
+        if config.get("Rule"):
+            return (f"bucket {self.bucket!r} has a default retention rule: it would lock cbtbackup's lock files "
+                    "too; remove the rule (cbtbackup sets retention on each object itself)")
+        return None
+
+    def apply_object_lock(self, policy: RetentionPolicy) -> None:
+        self._retention = policy
+
+    def retained_until(self, key: str) -> float:
+        return self._retained(key, None)
+
+    def _retained(self, key: str, version: str | None) -> float:
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self.prefix + key}
+        if version:
+            kwargs["VersionId"] = version
+        try:
+            answer = self._call("read", key, self._client.get_object_retention, **kwargs)
+        except (NotFoundError, _NoLockConfig):
+            return 0.0
+        until = answer.get("Retention", {}).get("RetainUntilDate")
+        return max(0.0, until.timestamp()) if until is not None and until.timestamp() > time.time() else 0.0
+
+    def extend_retention(self, key: str, until: float) -> None:
+        if self._retention is None:
+            raise UsageError("this repository does not lock its objects")
+        self._call("write", key, self._client.put_object_retention, Bucket=self.bucket, Key=self.prefix + key,
+                   Retention={"Mode": self._retention.mode, "RetainUntilDate": _utc(until)})
 
     def sync(self) -> None:
         """Nothing to do: S3 acknowledges a PUT once the object is durable."""
@@ -206,18 +311,23 @@ class S3Store(Store):
         except bx.ClientError as e:
             code = str(e.response.get("Error", {}).get("Code", ""))
             status = str(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+            if code == "ObjectLockConfigurationNotFoundError" or code == "NoSuchObjectLockConfiguration":
+                raise _NoLockConfig(f"bucket {self.bucket!r} has no Object Lock configuration") from None
             if code in ("PreconditionFailed", "ConditionalRequestConflict") or status == "412":
                 raise ObjectExistsError(f"{self._where(key)} exists") from None
             # AWS says InvalidStorageClass; RGW says InvalidArgument for a class its zone does not define.
             if code == "InvalidStorageClass" or (code == "InvalidArgument" and action == "write"
-                                                 and self._extra(key)):
+                                                 and self.options.storage_class and key.startswith(CHUNKS_PREFIX)):
                 raise UsageError(f"the server does not offer storage class {self.options.storage_class!r}") from None
             if code in _NO_BUCKET:
                 raise NotFoundError(f"bucket {self.bucket!r} does not exist") from None
             if code in _NOT_FOUND or status == "404":
                 raise NotFoundError(f"{self._where(key)}: no such object") from None
+            if code == "RequestTimeTooSkewed":
+                raise StorageError("this host's clock is too far off the S3 server's (RequestTimeTooSkewed): set "
+                                   "the time right (NTP) and try again") from None
             if code in _DENIED or status == "403":
-                raise StorageError(
+                raise _Denied(
                     f"access denied to {self._where(key)} ({code or status}): check the credentials and the "
                     "bucket policy"
                 ) from None

@@ -13,6 +13,9 @@ import abc
 import dataclasses
 from collections.abc import Iterator
 
+from cbtbackup.errors import UsageError
+from cbtbackup.repo.retention import RetentionPolicy
+
 
 @dataclasses.dataclass(frozen=True)
 class StoreCapabilities:
@@ -28,6 +31,7 @@ class ObjectInfo:
     key: str
     size: int
     version: str = ""  # changes whenever the object is replaced (an ETag, a file's inode and mtime)
+    modified: float = 0.0  # when it was written (UNIX time; 0 when the store does not say)
 
 
 # One page of a listing: objects in key order, and whether more may follow.
@@ -85,3 +89,20 @@ class Store(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional for backends with nothing to release
         """Release connections and handles."""
+
+    # -- immutability (S3 Object Lock); a store that cannot lock objects says so ------------------------------
+
+    def object_lock_refusal(self) -> str | None:
+        """Why this store cannot hold objects under retention, or None when it can."""
+        return "a local directory cannot lock objects: immutable backups need an S3 bucket with Object Lock"
+
+    def apply_object_lock(self, policy: RetentionPolicy) -> None:
+        """From now on, put every object (but locks and probes) under ``policy``'s retention."""
+        raise UsageError(self.object_lock_refusal() or "this store cannot lock objects")
+
+    def retained_until(self, key: str) -> float:
+        """Until when (UNIX time) the object cannot be deleted; 0 when it can be now."""
+        return 0.0
+
+    def extend_retention(self, key: str, until: float) -> None:  # noqa: B027 - only for stores that lock
+        """Keep ``key`` locked at least until ``until``."""

@@ -9,7 +9,7 @@ import click
 from cbtbackup.cli.app import emit, json_option, repo_option
 from cbtbackup.cli.progress_bar import make_progress
 from cbtbackup.cli.repository_access import open_repo
-from cbtbackup.model.durations import parse_age, parse_wait
+from cbtbackup.model.durations import format_when, parse_age, parse_wait
 from cbtbackup.model.retention import RetentionPolicy
 from cbtbackup.model.sizes import format_size
 from cbtbackup.pipeline.forget import ForgetOptions, run_forget
@@ -33,6 +33,11 @@ def _prune_lines(r: PruneResult) -> list[str]:
     count, size = (r.chunks_unused, r.bytes_unused) if r.dry_run else (r.chunks_deleted, r.bytes_deleted)
     lines = [f"prune: {r.backups} backup(s), {r.chunks} chunks; {verb} {count} unused chunks "
              f"({format_size(size)})"]
+    if r.chunks_kept_locked:
+        lines.append(f"kept {r.chunks_kept_locked} unused chunks ({format_size(r.bytes_kept_locked)}) still locked, "
+                     f"the last until {format_when(r.locked_until)}")
+    if r.retention_extended:
+        lines.append(f"extended the lock of {r.retention_extended} object(s) still needed")
     if r.incomplete_removed or r.heads_removed:
         lines.append(f"removed {r.incomplete_removed} leftover(s) of killed runs and {r.heads_removed} stale head(s)")
     return lines
@@ -70,6 +75,7 @@ def forget(repo: str, endpoint_url: str | None, ids: tuple[str, ...], name: str 
     result = run_forget(repository, ForgetOptions(ids, name, policy, dry_run, _wait(wait_lock)), progress)
     lines = [f"keep   {r.id}  {r.name}  ({', '.join(why)})" for r, why in result.kept]
     lines += [f"{'would remove' if dry_run else 'remove'} {r.id}  {r.name}" for r in result.removed]
+    lines += [f"keep   {r.id}  {r.name}  (due, but locked until {format_when(until)})" for r, until in result.locked]
     payload = result.to_json()
     if and_prune:
         pruned = run_prune(repository, PruneOptions(dry_run, _wait(wait_lock)), progress)

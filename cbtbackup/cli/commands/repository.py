@@ -12,12 +12,14 @@ from cbtbackup.cli.passphrase import read_passphrase
 from cbtbackup.cli.progress_bar import make_progress
 from cbtbackup.cli.repository_access import open_new_store, open_repo
 from cbtbackup.errors import CorruptDataError
+from cbtbackup.model.durations import format_duration, parse_wait
 from cbtbackup.model.sizes import format_size, parse_size
 from cbtbackup.pipeline.integrity import DamagedBackupError, run_verify
 from cbtbackup.pipeline.stats import bytes_alone
 from cbtbackup.repo.config import RepositoryConfig
 from cbtbackup.repo.manifest import BackupRef
 from cbtbackup.repo.repository import Repository
+from cbtbackup.repo.retention import MODES as LOCK_MODES
 from cbtbackup.repo.sealing import MODES
 
 
@@ -27,21 +29,36 @@ from cbtbackup.repo.sealing import MODES
 @click.option("--compression", default="zstd:3", show_default=True, help="none, zstd or zstd:LEVEL (1-22).")
 @click.option("--encryption", type=click.Choice(MODES), default="aes-256-gcm", show_default=True,
               help="The cipher every object is sealed with; 'none' stores plaintext.")
+@click.option("--object-lock", type=click.Choice(LOCK_MODES, case_sensitive=False),
+              help="S3 with Object Lock: keep every object immutable for --lock-period after it is written "
+                   "(COMPLIANCE: not even the bucket's owner can shorten it).")
+@click.option("--lock-period", default="30d", show_default=True, metavar="DURATION",
+              help="With --object-lock: how long each object stays locked (90s, 12h, 30d); prune extends the "
+                   "locks of what backups still need.")
 @json_option
 def init(repo: str, endpoint_url: str | None, chunk_size: str, compression: str, encryption: str,
-         as_json: bool) -> None:
+         object_lock: str | None, lock_period: str, as_json: bool) -> None:
     """Create a new, empty repository (encrypted unless --encryption none)."""
-    config = RepositoryConfig(chunk_size=parse_size(chunk_size), compression=compression, encryption=encryption)
+    config = RepositoryConfig(chunk_size=parse_size(chunk_size), compression=compression, encryption=encryption,
+                              lock_mode=object_lock.upper() if object_lock else "",
+                              lock_seconds=parse_wait(lock_period) if object_lock else 0.0)
     passphrase = read_passphrase(repo, confirm=True) if encryption != "none" else None
     created = Repository.init(open_new_store(repo, endpoint_url), repo, config, passphrase)
     emit(as_json, {"repository": repo, "id": created.config.id, "chunk_size": config.chunk_size,
                    "compression": config.compression, "encryption": encryption, "version": config.version,
-                   "key": created.key_slot, "conditional_writes": created.conditional_create},
+                   "key": created.key_slot, "conditional_writes": created.conditional_create,
+                   "object_lock": {"mode": config.lock_mode, "seconds": config.lock_seconds} if object_lock else None},
          [f"created repository {repo} (chunk size {format_size(config.chunk_size)}, {config.compression}, "
-          f"encryption {encryption})"])
+          f"encryption {encryption}{_lock_text(config)})"])
     if not created.conditional_create:
         warn("this store ignores conditional writes (If-None-Match); locks do not depend on them, "
              "see docs/s3.md")
+
+
+def _lock_text(config: RepositoryConfig) -> str:
+    if not config.lock_mode:
+        return ""
+    return f", every object locked ({config.lock_mode}) for {format_duration(config.lock_seconds)} after its write"
 
 
 @click.command(name="list")
