@@ -24,11 +24,20 @@ PERIOD = 6.0  # seconds each object stays locked in these tests
 
 
 @pytest.fixture
-def lock_bucket(s3_server: S3Server, s3_endpoint: str) -> str:
-    if s3_server.name == "moto":
-        pytest.skip("moto's Object Lock is partial (GetObjectRetention answers 500): locks are proven on RGW")
+def rgw_endpoint(rgw_server: S3Server | str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """RGW alone: moto's Object Lock is partial (its GetObjectRetention answers 500), so locks are proven on
+    the real server; the test skips only where Ceph cannot start."""
+    if isinstance(rgw_server, str):
+        pytest.skip(rgw_server)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", rgw_server.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", rgw_server.secret_key)
+    return rgw_server.endpoint
+
+
+@pytest.fixture
+def lock_bucket(rgw_endpoint: str) -> str:
     name = f"cbt-lock-{uuid.uuid4().hex[:10]}"
-    s3_client(s3_endpoint).create_bucket(Bucket=name, ObjectLockEnabledForBucket=True)
+    s3_client(rgw_endpoint).create_bucket(Bucket=name, ObjectLockEnabledForBucket=True)
     return name
 
 
@@ -60,10 +69,10 @@ def test_init_refuses_object_lock_on_a_directory(cli: RunCli, tmp_path: Path) ->
 
 
 def test_forget_and_prune_keep_what_is_locked_and_remove_it_after(
-    cli: RunCli, make_image: MakeImage, tmp_path: Path, s3_endpoint: str, lock_bucket: str
+    cli: RunCli, make_image: MakeImage, tmp_path: Path, rgw_endpoint: str, lock_bucket: str
 ) -> None:
-    client = s3_client(s3_endpoint)
-    repo, ep = f"s3://{lock_bucket}/r", ("--endpoint-url", s3_endpoint)
+    client = s3_client(rgw_endpoint)
+    repo, ep = f"s3://{lock_bucket}/r", ("--endpoint-url", rgw_endpoint)
     made = cli("init", "-r", repo, *ep, "--encryption", "none", "--chunk-size", "256KiB", "--object-lock",
                "COMPLIANCE", "--lock-period", f"{PERIOD:g}s", "--json")
     assert made.code == 0, made.err
@@ -116,9 +125,9 @@ def test_forget_and_prune_keep_what_is_locked_and_remove_it_after(
 
 
 def test_prune_keeps_an_unused_chunk_while_it_is_locked(
-    cli: RunCli, make_image: MakeImage, s3_endpoint: str, lock_bucket: str
+    cli: RunCli, make_image: MakeImage, rgw_endpoint: str, lock_bucket: str
 ) -> None:
-    repo, ep = f"s3://{lock_bucket}/r", ("--endpoint-url", s3_endpoint)
+    repo, ep = f"s3://{lock_bucket}/r", ("--endpoint-url", rgw_endpoint)
     assert cli("init", "-r", repo, *ep, "--encryption", "none", "--chunk-size", "256KiB", "--object-lock",
                "governance", "--lock-period", "1h").code == 0
     image = make_image(1 * MiB)
@@ -132,10 +141,10 @@ def test_prune_keeps_an_unused_chunk_while_it_is_locked(
 
 
 def test_prune_extends_the_locks_of_what_backups_need(
-    cli: RunCli, make_image: MakeImage, s3_endpoint: str, lock_bucket: str
+    cli: RunCli, make_image: MakeImage, rgw_endpoint: str, lock_bucket: str
 ) -> None:
-    client = s3_client(s3_endpoint)
-    repo, ep = f"s3://{lock_bucket}/r", ("--endpoint-url", s3_endpoint)
+    client = s3_client(rgw_endpoint)
+    repo, ep = f"s3://{lock_bucket}/r", ("--endpoint-url", rgw_endpoint)
     period = 12.0  # long enough that init and a backup take less than half of it
     assert cli("init", "-r", repo, *ep, "--encryption", "none", "--chunk-size", "256KiB", "--object-lock",
                "compliance", "--lock-period", f"{period:g}s").code == 0
@@ -176,20 +185,20 @@ def append_only_policy(bucket: str, prefix: str, user: str) -> dict[str, Any]:
 
 
 def test_the_hosts_own_key_cannot_destroy_a_locked_backup(
-    cli: RunCli, make_image: MakeImage, tmp_path: Path, s3_server: S3Server, s3_endpoint: str,
+    cli: RunCli, make_image: MakeImage, tmp_path: Path, rgw_endpoint: str,
     lock_bucket: str, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     host_access, _, host_secret = os.environ.get("CBTBACKUP_TEST_RGW_HOST_KEYS", "hostkey:hostsecret").partition(":")
-    owner = s3_client(s3_endpoint)
+    owner = s3_client(rgw_endpoint)
     owner.put_bucket_policy(Bucket=lock_bucket, Policy=json.dumps(append_only_policy(lock_bucket, "r", "host")))
-    repo, ep = f"s3://{lock_bucket}/r", ("--endpoint-url", s3_endpoint)
+    repo, ep = f"s3://{lock_bucket}/r", ("--endpoint-url", rgw_endpoint)
     monkeypatch.setenv("CBTBACKUP_PASSWORD", "host secret")
     assert cli("init", "-r", repo, *ep, "--chunk-size", "256KiB", "--object-lock", "compliance",
                "--lock-period", "1h").code == 0  # by the owner, once
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", host_access)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", host_secret)
-    host = s3_client(s3_endpoint)
+    host = s3_client(rgw_endpoint)
     image = make_image(2 * MiB)
     assert cli("full", "-r", repo, *ep, "--provider", "scan", "--name", "vm", image).code == 0
     overwrite(image, 300_000, 4096, -1)
