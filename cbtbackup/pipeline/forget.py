@@ -67,7 +67,8 @@ def run_forget(
                             exclusive=(*(f"chain:{n}" for n in names), "manifests"), notice=progress.notice):
         kept, removed = _decide(repo, options, refs)
         locked = _still_locked(repo, removed)
-        removed = [r for r in removed if r not in dict(locked)]
+        held = {r for r, _ in locked}
+        removed = [r for r in removed if r not in held]
         if not options.dry_run:
             # Oldest first, except under Object Lock: there a child that folding rewrites is locked anew, so
             # removing the newest first keeps a backup due now from being rewritten before its turn.
@@ -76,7 +77,8 @@ def run_forget(
                     remove_backup(repo, ref, hook)
                 except RetainedError as e:  # an older version of it is locked longer than its newest
                     locked.append((ref, e.until))
-            removed = [r for r in removed if r not in dict(locked)]
+            held = {r for r, _ in locked}
+            removed = [r for r in removed if r not in held]
     return ForgetResult(kept, removed, options.dry_run, locked)
 
 

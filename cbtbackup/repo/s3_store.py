@@ -222,9 +222,7 @@ class S3Store(Store):
             try:
                 self._call("delete", key, self._client.delete_object, Bucket=self.bucket, Key=self.prefix + key,
                            VersionId=version)
-            except StorageError as e:
-                if not isinstance(e, _Denied):
-                    raise
+            except _Denied:
                 kept = max(kept, self._retained(key, version) or time.time())
         if kept:
             raise RetainedError(f"{self._where(key)} is locked until {format_when(kept)}", until=kept)
@@ -268,7 +266,7 @@ class S3Store(Store):
         except (NotFoundError, _NoLockConfig):
             return 0.0
         until = answer.get("Retention", {}).get("RetainUntilDate")
-        return max(0.0, until.timestamp()) if until is not None and until.timestamp() > time.time() else 0.0
+        return until.timestamp() if until is not None and until.timestamp() > time.time() else 0.0
 
     def extend_retention(self, key: str, until: float) -> None:
         if self._retention is None:
