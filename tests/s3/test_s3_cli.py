@@ -182,7 +182,7 @@ def test_storage_class_goes_on_chunks_only(
     assert cli("full", *repo, "--storage-class", chosen, make_image(MiB)).code == 0
     client = s3_client(s3_endpoint)
     listed = client.list_objects_v2(Bucket=bucket, Prefix="classy/")["Contents"]
-    classes = {o["Key"].split("/")[1]: set() for o in listed}
+    classes: dict[str, set[str]] = {o["Key"].split("/")[1]: set() for o in listed}
     for o in listed:
         classes[o["Key"].split("/")[1]].add(client.head_object(Bucket=bucket, Key=o["Key"]).get("StorageClass",
                                                                                                 "STANDARD"))
