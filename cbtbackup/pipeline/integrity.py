@@ -34,7 +34,9 @@ class DamagedBackupError(CorruptDataError):
 def backups_needing(repo: Repository, digests: set[bytes]) -> dict[bytes, list[BackupRef]]:
     """For each digest, the backups whose restored image uses it."""
     needed: dict[bytes, list[BackupRef]] = {d: [] for d in digests}
-    for ref in repo.list_backups():
+    refs = repo.list_backups()
+    repo.prefetch_manifests(refs)
+    for ref in refs:
         try:
             _, resolved = repo.resolve(ref)
         except CbtError:
@@ -111,6 +113,7 @@ def run_verify(
     if repair and backup:
         raise CbtError("--repair checks the whole repository; name no backup with it")
     refs = [repo.find(backup)] if backup else repo.list_backups()
+    repo.prefetch_manifests(refs)
     result = VerifyResult(refs, 0, 0)
     if repo.sealer.encrypted:
         result.damaged_keys = repo.keys.damaged()

@@ -109,7 +109,9 @@ def run_prune(
                             notice=progress.notice) as mark_lock:
         seen = set()
         noted = DigestPrefixes()
-        for ref in repo.list_backups():
+        refs = repo.list_backups()
+        repo.prefetch_manifests(refs)
+        for ref in refs:
             _note(repo, ref, noted)
             seen.add(ref.key)
         noted.freeze()

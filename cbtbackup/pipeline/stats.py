@@ -60,7 +60,9 @@ def run_stats(repo: Repository, name: str | None = None) -> StatsResult:
     chains: dict[str, ChainStats] = {}
     used: dict[str, set[bytes]] = {}
     unreadable = []
-    for ref in repo.list_backups(name):
+    refs = repo.list_backups(name)
+    repo.prefetch_manifests(refs)
+    for ref in refs:
         try:
             m = repo.load_manifest(ref)
         except CorruptDataError:
@@ -87,7 +89,9 @@ def bytes_alone(repo: Repository, refs: list[BackupRef]) -> dict[str, int]:
     wanted = set(refs)
     images: dict[str, set[bytes]] = {}
     users: dict[bytes, int] = {}
-    for ref in repo.list_backups():
+    everyone = repo.list_backups()
+    repo.prefetch_manifests(everyone)
+    for ref in everyone:
         try:
             _, resolved = repo.resolve(ref)
         except CorruptDataError:

@@ -22,11 +22,13 @@ manifest that can be listed is whole. Everything here is shared by every backend
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 
 from cbtbackup.errors import CorruptDataError, NotFoundError, UsageError
 from cbtbackup.model.extent_map import ExtentMap, resolve_chain
@@ -317,6 +319,26 @@ class Repository:
             self._manifests[ref.key] = (version, manifest)
         return manifest
 
+    def prefetch_manifests(self, refs: Iterable[BackupRef]) -> None:
+        """Read, in parallel, the manifests of ``refs`` that memory does not hold yet, so that the loop over
+        them that follows finds them there. A remote store only: a cold ``list`` of a bucket that many hosts
+        share is thousands of small GETs, each a round trip when made one after another. A manifest that
+        cannot be read is left for that loop to meet and report."""
+        capabilities = self.store.capabilities()
+        with self._lock:
+            wanted = [r for r in refs if r.key not in self._manifests]
+        if not capabilities.remote or len(wanted) < 2:
+            return
+
+        def load(ref: BackupRef) -> None:
+            with contextlib.suppress(CorruptDataError):
+                self.load_manifest(ref)
+
+        with ThreadPoolExecutor(max_workers=min(16, capabilities.parallelism, len(wanted)),
+                                thread_name_prefix="cbtbackup-manifests") as pool:
+            for _ in pool.map(load, wanted):
+                pass
+
     def list_backups(self, name: str | None = None) -> list[BackupRef]:
         """Backups in (name, time) order, optionally of one name only."""
         prefix = BACKUPS_PREFIX + (f"{name}/" if name else "")
@@ -367,9 +389,9 @@ class Repository:
     def find(self, spec: str) -> BackupRef:
         """A backup by id, unique id prefix, ``latest`` (one chain only), ``NAME@latest`` or
         ``NAME@latest~N`` (the Nth before the newest)."""
-        refs = self.list_backups()
-        if "@latest" in spec:
+        if "@latest" in spec:  # one chain: list it alone, not every chain's backups
             name, _, back = spec.partition("@latest")
+            refs = self.list_backups(name) if name and "/" not in name else self.list_backups()
             if back and not (back.startswith("~") and back[1:].isdigit()):
                 raise UsageError(f"{spec!r}: say NAME@latest or NAME@latest~N")
             named = self._chain_refs(refs, name)
@@ -377,6 +399,7 @@ class Repository:
             if n >= len(named):
                 raise NotFoundError(f"chain {name!r} has {len(named)} backup(s); there is no latest~{n}")
             return named[-1 - n]
+        refs = self.list_backups()
         if spec == "latest":
             return self._only_chain(refs)[-1]
         matches = [r for r in refs if r.id.startswith(spec)]
@@ -389,8 +412,8 @@ class Repository:
     def find_at(self, chain: str, when: float) -> BackupRef:
         """The newest backup of ``chain`` (a name, ``NAME@latest``, or ``latest`` for the only chain) taken
         at ``when`` or before (seconds since the epoch)."""
-        refs = self.list_backups()
         name = chain[: -len("@latest")] if chain.endswith("@latest") else chain
+        refs = self.list_backups(name if name != "latest" and "/" not in name else None)
         named = self._only_chain(refs) if name == "latest" else self._chain_refs(refs, name)
         before = [r for r in named if r.time <= when]
         if not before:

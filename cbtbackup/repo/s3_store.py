@@ -113,11 +113,14 @@ class S3Store(Store):
     # -- the Store interface -------------------------------------------------------------------------------
 
     def _extra(self, key: str) -> dict[str, Any]:
-        """What a PUT of ``key`` carries besides its body: the storage class (chunks), the retention (in an
-        Object Lock repository, everything but locks and probes)."""
+        """What a PUT of ``key`` carries besides its body: the bucket owner's full control, the storage class
+        (chunks), the retention (in an Object Lock repository, everything but locks and probes)."""
         if self._past is not None:
             raise UsageError(self._past.read_only)
-        extra: dict[str, Any] = {}
+        # An object belongs to whoever wrote it on RGW (and on AWS buckets that still use ACLs): without this
+        # grant the bucket owner's maintenance machine could not read, forget or prune what a host's own key
+        # wrote. AWS's default (ACLs disabled, bucket owner enforced) accepts exactly this canned ACL.
+        extra: dict[str, Any] = {"ACL": "bucket-owner-full-control"}
         if self.options.storage_class and key.startswith(CHUNKS_PREFIX):
             extra["StorageClass"] = self.options.storage_class
         if self._retention is not None and self._retention.locks(key):

@@ -75,6 +75,12 @@ def test_stats_and_list_sizes(cli: RunCli, make_image: MakeImage, tmp_path: Path
     assert alone[incr["id"]] > MiB  # its new first MiB is its own
     assert sum(alone.values()) < 2 * MiB + 8192  # everything else is shared
     assert "ALONE" in cli("list", "-r", repo).out and "DEDUP" in cli("stats", "-r", repo).out
+    # One chain's list leaves ALONE out (it would read every chain's maps) unless asked for it.
+    chain = incr["name"]
+    one = cli("list", "-r", repo, "--name", chain, "--json").json["backups"]
+    assert len(one) == 2 and all(r["bytes_alone"] is None for r in one)
+    asked = cli("list", "-r", repo, "--name", chain, "--alone", "--json").json["backups"]
+    assert {r["id"]: r["bytes_alone"] for r in asked} == {r["id"]: alone[r["id"]] for r in one}
 
 
 def test_two_incrementals_of_one_chain_exclude_each_other(

@@ -1,7 +1,10 @@
 """Immutable backups on a bucket with S3 Object Lock, on moto and on Ceph's RADOS Gateway: what init
 refuses, what forget and prune keep while it is locked, how prune extends locks, and — on RGW, which
 enforces bucket policies — that the backing-up host's own append-only key cannot destroy a backup and a
-restore from before an attack still works."""
+restore from before an attack still works.
+
+Locks are proven on RGW alone (the ``rgw_endpoint`` fixture): moto's Object Lock is partial (its
+GetObjectRetention answers 500)."""
 
 from __future__ import annotations
 
@@ -17,21 +20,9 @@ import pytest
 
 from tests.conftest import MakeImage, RunCli
 from tests.s3.conftest import s3_client
-from tests.servers.s3_servers import S3Server
 
 MiB = 1 << 20
 PERIOD = 6.0  # seconds each object stays locked in these tests
-
-
-@pytest.fixture
-def rgw_endpoint(rgw_server: S3Server | str, monkeypatch: pytest.MonkeyPatch) -> str:
-    """RGW alone: moto's Object Lock is partial (its GetObjectRetention answers 500), so locks are proven on
-    the real server; the test skips only where Ceph cannot start."""
-    if isinstance(rgw_server, str):
-        pytest.skip(rgw_server)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", rgw_server.access_key)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", rgw_server.secret_key)
-    return rgw_server.endpoint
 
 
 @pytest.fixture
@@ -182,6 +173,46 @@ def append_only_policy(bucket: str, prefix: str, user: str) -> dict[str, Any]:
          "Action": ["s3:DeleteObject", "s3:DeleteObjectVersion"],
          "Resource": [f"arn:aws:s3:::{bucket}/{prefix}/locks/*"]},
     ]}
+
+
+def test_the_bucket_owner_maintains_what_the_hosts_key_wrote(
+    cli: RunCli, make_image: MakeImage, tmp_path: Path, rgw_endpoint: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On RGW an object belongs to the user who wrote it: without the owner's grant on every PUT the
+    maintenance machine could not read a host's backups (measured: GetObject answers AccessDenied)."""
+    host_access, _, host_secret = os.environ.get("CBTBACKUP_TEST_RGW_HOST_KEYS", "hostkey:hostsecret").partition(":")
+    owner_access, owner_secret = os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"]
+    bucket = f"cbt-own-{uuid.uuid4().hex[:10]}"
+    owner = s3_client(rgw_endpoint)
+    owner.create_bucket(Bucket=bucket)
+    owner.put_bucket_policy(Bucket=bucket, Policy=json.dumps(append_only_policy(bucket, "r", "host")))
+    repo, ep = f"s3://{bucket}/r", ("--endpoint-url", rgw_endpoint)
+    monkeypatch.setenv("CBTBACKUP_PASSWORD", "fleet secret")
+    assert cli("init", "-r", repo, *ep, "--chunk-size", "256KiB").code == 0
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", host_access)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", host_secret)
+    image = make_image(2 * MiB)
+    first = cli("full", "-r", repo, *ep, "--provider", "scan", "--name", "vm", image, "--json")
+    assert first.code == 0, first.err
+    overwrite(image, 700_000, 4096, -1)
+    assert cli("incr", "-r", repo, *ep, "--provider", "scan", "--name", "vm", image).code == 0
+    good = image.read_bytes()
+    denied = cli("forget", "-r", repo, *ep, first.json["id"])
+    assert denied.code == 7 and "access denied" in denied.err  # the host cannot remove a backup
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", owner_access)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", owner_secret)
+    monkeypatch.setenv("CBTBACKUP_CACHE_DIR", str(tmp_path / "maintenance-cache"))
+    written_by_host = [o["Key"] for o in owner.list_objects_v2(Bucket=bucket, Prefix="r/")["Contents"]
+                       if o["Key"].startswith(("r/chunks/", "r/backups/"))]
+    assert written_by_host and all(owner.get_object(Bucket=bucket, Key=k)["Body"].read() for k in written_by_host)
+    assert cli("verify", "-r", repo, *ep, "--json").json["ok"]
+    forgot = cli("forget", "-r", repo, *ep, "--name", "vm", "--keep-last", "1", "--prune", "--json")
+    assert forgot.code == 0, forgot.err
+    out = tmp_path / "restored.img"
+    assert cli("restore", "-r", repo, *ep, "vm@latest", out).code == 0
+    assert out.read_bytes() == good
 
 
 def test_the_hosts_own_key_cannot_destroy_a_locked_backup(

@@ -1,11 +1,15 @@
-"""S3 repositories end to end through the CLI, against moto's server over real HTTP on loopback."""
+"""S3 repositories end to end through the CLI, against moto's server and Ceph's RADOS Gateway over real HTTP
+on loopback."""
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import random
+import uuid
 from pathlib import Path
 
+import botocore.auth
 import pytest
 from moto.core import enable_iam_authentication
 
@@ -198,3 +202,37 @@ def test_storage_class_goes_on_chunks_only(
 def test_storage_class_is_refused_for_a_directory(cli: RunCli, tmp_path: Path) -> None:
     cli("init", "-r", tmp_path / "r", "--storage-class", "STANDARD_IA").assert_one_line_error(2, "S3 repositories only")
     assert not (tmp_path / "r").exists()
+
+
+def test_a_clock_far_off_the_servers_is_one_line_and_not_retried(
+    cli: RunCli, make_image: MakeImage, rgw_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RGW refuses requests signed more than 15 minutes off its clock (moto checks no clock): botocore signs
+    with its own clock, so shifting that clock is a host whose time is wrong."""
+    bucket = f"cbt-{uuid.uuid4().hex[:12]}"
+    s3_client(rgw_endpoint).create_bucket(Bucket=bucket)
+    proxy = FaultProxy(rgw_endpoint)
+    try:
+        repo, ep = f"s3://{bucket}/skew", ("--endpoint-url", proxy.url)
+        assert cli("init", "-r", repo, *ep, "--encryption", "none").code == 0
+        image = make_image(MiB)
+        full = cli("full", "-r", repo, *ep, image, "--provider", "scan", "--json")
+        assert full.code == 0, full.err
+        before = {o["Key"]: o["ETag"] for o in s3_client(rgw_endpoint).list_objects_v2(Bucket=bucket)["Contents"]}
+
+        real_now = botocore.auth.get_current_datetime
+        monkeypatch.setattr(botocore.auth, "get_current_datetime",
+                            lambda remove_tzinfo=True: real_now(remove_tzinfo) + datetime.timedelta(hours=2))
+        for args in (("list",), ("incr", image, "--provider", "scan")):
+            proxy.reset_counts()
+            result = cli(*args, "-r", repo, *ep, "--json")
+            result.assert_one_line_error(7, "clock is too far off the S3 server's")
+            assert result.json["error"].startswith("this host's clock")
+            # botocore's standard mode tries a skewed request again once; nothing beyond that.
+            assert sum(proxy.counts.values()) <= 2
+        monkeypatch.setattr(botocore.auth, "get_current_datetime", real_now)
+        after = {o["Key"]: o["ETag"] for o in s3_client(rgw_endpoint).list_objects_v2(Bucket=bucket)["Contents"]}
+        assert after == before  # the refused incremental left nothing behind
+        assert [b["id"] for b in cli("list", "-r", repo, *ep, "--json").json["backups"]] == [full.json["id"]]
+    finally:
+        proxy.close()

@@ -64,14 +64,19 @@ def _lock_text(config: RepositoryConfig) -> str:
 @click.command(name="list")
 @repo_option
 @click.option("--name", help="Only the backups of this chain.")
+@click.option("--alone/--no-alone", default=None,
+              help="Compute ALONE (bytes only this backup uses). Default: yes for the whole repository, no with "
+                   "--name, since it reads the map of every backup of every chain.")
 @json_option
-def list_backups(repo: str, endpoint_url: str | None, name: str | None, as_json: bool) -> None:
+def list_backups(repo: str, endpoint_url: str | None, name: str | None, alone: bool | None, as_json: bool) -> None:
     """List backups: id, chain, kind, parent, time, size, bytes stored when it was made, bytes only it
     still uses (what forgetting it and pruning would free), host and source."""
     repository = open_repo(repo, endpoint_url)
     rows: list[dict[str, Any]] = []
     unreadable: list[dict[str, str]] = []
-    for ref in repository.list_backups(name):
+    refs = repository.list_backups(name)
+    repository.prefetch_manifests(refs)
+    for ref in refs:
         try:
             m = repository.load_manifest(ref)
         except CorruptDataError as e:  # one bad manifest must not hide the others
@@ -84,17 +89,23 @@ def list_backups(repo: str, endpoint_url: str | None, name: str | None, as_json:
             "bytes_changed": m.stats.bytes_changed,
             "bytes_stored": m.stats.bytes_stored,
         })
-    alone = bytes_alone(repository, [BackupRef(r["name"], r["stamp"], r["id"]) for r in rows])
-    for r in rows:
-        r["bytes_alone"] = alone.get(r["id"], 0)
+    # ALONE needs every backup's map: one chain's list in a bucket of many hosts would read them all.
+    if alone if alone is not None else name is None:
+        only = bytes_alone(repository, [BackupRef(r["name"], r["stamp"], r["id"]) for r in rows])
+        for r in rows:
+            r["bytes_alone"] = only.get(r["id"], 0)
+    else:
+        for r in rows:
+            r["bytes_alone"] = None
     width = max([len("NAME"), *(len(r["name"]) for r in rows)])
     lines = [f"{'ID':16}  {'NAME':{width}}  {'KIND':4}  {'METHOD':9}  {'PARENT':16}  {'TIME (UTC)':19}  "
              f"{'SIZE':>10}  {'STORED':>10}  {'ALONE':>10}  HOST:SOURCE"]
     for r in rows:
+        alone_text = format_size(r["bytes_alone"]) if r["bytes_alone"] is not None else "-"
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r["created"]))
         lines.append(f"{r['id']:16}  {r['name']:{width}}  {r['kind']:4}  {r['method']:9}  {r['parent'] or '-':16}  "
                      f"{when:19}  {format_size(r['device_size']):>10}  {format_size(r['bytes_stored']):>10}  "
-                     f"{format_size(r['bytes_alone']):>10}  {r['host'] or '?'}:{r['source']}")
+                     f"{alone_text:>10}  {r['host'] or '?'}:{r['source']}")
     for bad in unreadable:
         warn(f"backup {bad['id']} ({bad['name']}) cannot be read: {bad['error']}")
     emit(as_json, {"backups": rows, "unreadable": unreadable}, lines)
