@@ -53,5 +53,13 @@ class ManifestCache:
         except OSError:
             tmp.unlink(missing_ok=True)
 
+    def keys_ending(self, suffix: str) -> list[str]:
+        """The keys of cached copies whose key ends with ``suffix`` (a backup's ``_ID``)."""
+        try:
+            names = [p.name for p in self.dir.glob("*" + suffix.replace("/", "%"))]
+        except OSError:
+            return []
+        return [n.replace("%", "/") for n in names if not n.startswith(".tmp-")]
+
     def forget(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)

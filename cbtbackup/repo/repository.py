@@ -399,6 +399,8 @@ class Repository:
             if n >= len(named):
                 raise NotFoundError(f"chain {name!r} has {len(named)} backup(s); there is no latest~{n}")
             return named[-1 - n]
+        if (known := self._cached_ref(spec)) is not None:
+            return known
         refs = self.list_backups()
         if spec == "latest":
             return self._only_chain(refs)[-1]
@@ -408,6 +410,20 @@ class Repository:
         if len(matches) > 1:
             raise AmbiguousBackupError(f"backup id prefix {spec!r} matches {len(matches)} backups; give more of it")
         return matches[0]
+
+    def _cached_ref(self, spec: str) -> BackupRef | None:
+        """A whole backup id whose manifest the local cache holds, confirmed in the store with one request:
+        finding an id otherwise lists every backup of every chain, pages of 1000 in a bucket of many hosts."""
+        if self._cache is None or len(spec) != 16 or any(c not in "0123456789abcdef" for c in spec):
+            return None
+        keys = self._cache.keys_ending(f"_{spec}")
+        ref = BackupRef.from_key(keys[0]) if len(keys) == 1 else None
+        info = self.store.stat(ref.key) if ref is not None and ref.id == spec else None
+        if ref is None or info is None:
+            return None
+        with self._lock:
+            self._versions[ref.key] = info.version  # the cached copy is used only if it is this version
+        return ref
 
     def find_at(self, chain: str, when: float) -> BackupRef:
         """The newest backup of ``chain`` (a name, ``NAME@latest``, or ``latest`` for the only chain) taken

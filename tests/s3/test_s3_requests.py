@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -169,3 +170,43 @@ def test_a_local_store_is_never_listed(tmp_path: Path) -> None:
     presence = chunk_presence.chunk_presence(store, "chunks/", ask, chunk_key, 10**6)
     assert presence.listing_requests == 0
     assert presence.has(b"\x01" * 32) and asked == [b"\x01" * 32]
+
+
+def listed_prefixes(proxy: FaultProxy) -> list[str]:
+    return [parse_qs(urlsplit(p).query)["prefix"][0] for p in proxy.get_paths if "prefix=" in p]
+
+
+def test_one_chains_commands_do_not_read_the_other_chains(
+    cli: RunCli, make_image: MakeImage, tmp_path: Path, bucket: str, proxy: FaultProxy,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """In a bucket many hosts share, `list --name`, `restore NAME@latest` and `verify ID` cost the same
+    whatever the number of other chains: they list and read that chain alone."""
+    repo, ep = f"s3://{bucket}/fleet", ("--endpoint-url", proxy.url)
+    assert cli("init", "-r", repo, *ep, "--chunk-size", "64KiB", "--encryption", "none").code == 0
+    ids = {}
+    for name in ("alpha", "beta", "gamma"):
+        image = make_image(MiB)
+        ids[name] = cli("full", "-r", repo, *ep, image, "--name", name, "--json").json["id"]
+    monkeypatch.setenv("CBTBACKUP_CACHE_DIR", str(tmp_path / "fresh-cache"))
+
+    proxy.reset_counts()
+    listed = cli("list", "-r", repo, *ep, "--name", "beta", "--json")
+    assert [b["id"] for b in listed.json["backups"]] == [ids["beta"]]
+    assert listed.json["backups"][0]["bytes_alone"] is None
+    assert "fleet/backups/" not in listed_prefixes(proxy) and "fleet/backups/beta/" in listed_prefixes(proxy)
+    assert not [p for p in proxy.get_paths if "backups/alpha" in p or "backups/gamma" in p]
+
+    proxy.reset_counts()
+    assert cli("restore", "-r", repo, *ep, "beta@latest", tmp_path / "beta.img").code == 0
+    assert "fleet/backups/" not in listed_prefixes(proxy)
+
+    proxy.reset_counts()  # beta's manifest is now in the cache: its id is found with one HEAD
+    assert cli("verify", "-r", repo, *ep, ids["beta"], "--json").json["ok"]
+    assert "fleet/backups/" not in listed_prefixes(proxy) and proxy.counts["HEAD"] == 1
+
+    # Another host removed it: the cached copy is not trusted, the id is looked up and not found.
+    s3_client(proxy.url).delete_object(Bucket=bucket, Key=f"fleet/backups/beta/{listed.json['backups'][0]['stamp']}"
+                                                           f"_{ids['beta']}")
+    gone = cli("verify", "-r", repo, *ep, ids["beta"])
+    gone.assert_one_line_error(3, f"no backup '{ids['beta']}'")
