@@ -88,7 +88,8 @@ def repo_option(f: F) -> F:
     def with_passwords(*args: Any, password_file: str | None = None, password_command: str | None = None,
                        key_file: str | None = None, storage_class: str | None = None,
                        allow_archive_class: bool = False, limit_upload: int | None = None,
-                       limit_download: int | None = None, as_of: str | None = None, **kwargs: Any) -> Any:
+                       limit_download: int | None = None, as_of: str | None = None,
+                       s3_timeout: float | None = None, **kwargs: Any) -> Any:
         from cbtbackup.cli.passphrase import CURRENT, PasswordOptions
         from cbtbackup.cli.repository_access import TUNING
         from cbtbackup.model.durations import parse_when
@@ -98,10 +99,13 @@ def repo_option(f: F) -> F:
         TUNING.set(StoreOptions(storage_class=storage_class, allow_archive_class=allow_archive_class,
                                 limit_upload=limit_upload * 1024 if limit_upload else None,
                                 limit_download=limit_download * 1024 if limit_download else None,
-                                as_of=parse_when(as_of) if as_of else None))
+                                as_of=parse_when(as_of) if as_of else None, s3_timeout=s3_timeout))
         return inner(*args, **kwargs)
 
     f = cast(F, with_passwords)
+    f = click.option("--s3-timeout", type=click.FloatRange(min=0.1, max=3600), envvar="CBTBACKUP_S3_TIMEOUT",
+                     metavar="SECONDS",
+                     help="S3: how long to wait for an answer, per try (default 30; 4 tries, then one line).")(f)
     f = click.option("--as-of", metavar="TIME",
                      help="S3 with versioning (Object Lock): read the repository as it was at TIME, read-only — "
                           "the way back after someone overwrote or hid backups (docs/s3.md).")(f)

@@ -25,6 +25,7 @@ class StoreOptions:
     limit_upload: float | None = None
     limit_download: float | None = None
     as_of: float | None = None  # S3: read a versioned bucket as it was then (read-only)
+    s3_timeout: float | None = None  # S3: seconds to wait for an answer, per try (None: S3Options' default)
 
 
 def _limited(store: Store, options: StoreOptions) -> Store:
@@ -39,8 +40,12 @@ def open_store(location: str, options: StoreOptions | None = None, *, create: bo
     if not location:
         raise UsageError("no repository given: use -r/--repo or set CBTBACKUP_REPO")
     if location.startswith("s3://"):
-        s3 = S3Store(location, S3Options(endpoint_url=options.endpoint_url, storage_class=options.storage_class,
-                                         allow_archive_class=options.allow_archive_class, as_of=options.as_of))
+        s3_options = S3Options(endpoint_url=options.endpoint_url, storage_class=options.storage_class,
+                               allow_archive_class=options.allow_archive_class, as_of=options.as_of)
+        if options.s3_timeout:
+            s3_options = dataclasses.replace(s3_options, read_timeout=options.s3_timeout,
+                                             connect_timeout=min(s3_options.connect_timeout, options.s3_timeout))
+        s3 = S3Store(location, s3_options)
         return _limited(RetryingStore(s3), options)
     if options.storage_class:
         raise UsageError("--storage-class is for S3 repositories only")

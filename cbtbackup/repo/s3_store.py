@@ -42,7 +42,7 @@ class S3Options:
     parallelism: int = 16
     max_attempts: int = 4
     connect_timeout: float = 10.0
-    read_timeout: float = 60.0
+    read_timeout: float = 30.0  # per try; after max_attempts tries without an answer the call fails
     storage_class: str | None = None  # for chunk objects only; None: the bucket's default (STANDARD)
     allow_archive_class: bool = False  # classes that need a restore request before a read
     as_of: float | None = None  # read the bucket as it was then (a versioned bucket), and write nothing
@@ -340,8 +340,14 @@ class S3Store(Store):
         except (bx.EndpointConnectionError, bx.ConnectTimeoutError) as e:
             # botocore has already retried the connection: trying more only makes the user wait.
             raise StorageError(f"cannot reach the S3 endpoint: {e}") from None
-        except (bx.ReadTimeoutError, bx.ResponseStreamingError, bx.IncompleteReadError,
-                bx.ConnectionClosedError) as e:
+        except bx.ReadTimeoutError:
+            # botocore has already tried max_attempts times: a server that says nothing for that long is down
+            # or wedged, and more tries would only hold a timer's job for minutes.
+            raise StorageError(
+                f"the S3 endpoint did not answer {action} of {self._where(key)} within "
+                f"{self.options.read_timeout:g} s ({self.options.max_attempts} tries): is the server up? "
+                "(--s3-timeout or CBTBACKUP_S3_TIMEOUT sets the wait)") from None
+        except (bx.ResponseStreamingError, bx.IncompleteReadError, bx.ConnectionClosedError) as e:
             raise TransientStorageError(f"{action} of {self._where(key)} was cut off: {e}") from None
         except bx.BotoCoreError as e:
             raise StorageError(f"{action} of {self._where(key)} failed: {e}") from None

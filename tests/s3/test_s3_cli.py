@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import datetime
 import random
+import socket
+import time
 import uuid
 from pathlib import Path
 
@@ -236,3 +238,24 @@ def test_a_clock_far_off_the_servers_is_one_line_and_not_retried(
         assert [b["id"] for b in cli("list", "-r", repo, *ep, "--json").json["backups"]] == [full.json["id"]]
     finally:
         proxy.close()
+
+
+def test_an_endpoint_that_never_answers_is_one_line_after_the_timeouts(
+    cli: RunCli, bucket: str, tmp_path: Path
+) -> None:
+    """A server that accepts connections and then says nothing (stopped, wedged) must not hold a timer's
+    job: four tries of --s3-timeout each, then one line and exit 7."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)  # the kernel accepts connections; nobody ever reads or answers them
+    try:
+        endpoint = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        started = time.monotonic()
+        result = cli("list", "-r", f"s3://{bucket}/x", "--endpoint-url", endpoint, "--s3-timeout", "0.5", "--json")
+        waited = time.monotonic() - started
+    finally:
+        silent.close()
+    result.assert_one_line_error(7, "did not answer", "within 0.5 s (4 tries)")
+    assert 4 * 0.5 <= waited < 20  # the tries were made, and then it stopped
+    bad = cli("list", "-r", f"s3://{bucket}/x", "--s3-timeout", "0")
+    assert bad.code == 2 and "--s3-timeout" in bad.err
