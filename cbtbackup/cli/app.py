@@ -135,6 +135,29 @@ def repo_option(f: F) -> F:
     )(f)
 
 
+def ceph_options(f: F) -> F:
+    """``--ceph-conf``, ``--ceph-id``, ``--keyring``, ``--ceph-timeout``: the command receives ``ceph``, the
+    cluster's options (used only where a source or target is an RBD image)."""
+    inner = f
+
+    @functools.wraps(inner)
+    def with_ceph(*args: Any, ceph_conf: str | None = None, ceph_id: str | None = None,
+                  keyring: str | None = None, ceph_timeout: float = 30.0, **kwargs: Any) -> Any:
+        from cbtbackup.engine.rbd.cluster import CephOptions
+
+        return inner(*args, ceph=CephOptions(ceph_conf, ceph_id, keyring, ceph_timeout), **kwargs)
+
+    f = cast(F, with_ceph)
+    f = click.option("--ceph-timeout", type=click.FloatRange(min=1, max=3600), default=30.0,
+                     envvar="CBTBACKUP_CEPH_TIMEOUT", metavar="SECONDS",
+                     help="RBD: how long to wait for the Ceph cluster (default 30), then one line.")(f)
+    f = click.option("--keyring", metavar="FILE", help="RBD: the cephx keyring (default: as ceph.conf says).")(f)
+    f = click.option("--ceph-id", metavar="USER",
+                     help="RBD: the cephx user, without 'client.' (default: admin, as the rbd command).")(f)
+    return click.option("--ceph-conf", envvar="CEPH_CONF", metavar="FILE",
+                        help="RBD: the cluster's ceph.conf (default: $CEPH_CONF, /etc/ceph/ceph.conf).")(f)
+
+
 def json_option(f: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")(f)
 

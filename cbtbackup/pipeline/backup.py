@@ -35,8 +35,9 @@ from cbtbackup.repo.locks import HeldLock
 from cbtbackup.repo.manifest import BackupRef, BackupStats, Manifest, check_name
 from cbtbackup.repo.repository import Repository
 
-if TYPE_CHECKING:  # the QEMU provider loads asyncio: imported only by a backup that uses it
+if TYPE_CHECKING:  # the QEMU provider loads asyncio, the RBD one librados: imported only where used
     from cbtbackup.engine.qemu.provider import QemuProvider
+    from cbtbackup.engine.rbd.cluster import CephOptions
 
 READ_SPAN = 8 << 20  # consecutive extents are read from the snapshot this many bytes at a time
 SCAN_BLOCK = 64 << 10  # what a scan compares at when nothing tracks the source: blksnap's tracking block
@@ -61,6 +62,7 @@ class BackupOptions:
     synthetic_full_every: int = 0  # after an incremental, synthesize a full once the chain has this many
     qmp: str | None = None  # qemu: a running VM's QMP socket ...
     device: str | None = None  # ... and the node or drive name of the disk in it
+    ceph: CephOptions | None = None  # rbd: which cluster, as whom
 
 
 @dataclasses.dataclass
@@ -100,11 +102,12 @@ def run_backup(
     progress = progress or NullProgress()
     provider = choose_provider(options.source, options.provider, state_dir=options.state_dir, freeze=options.freeze,
                                diff_storage=options.diff_storage, diff_storage_limit=options.diff_storage_limit,
-                               notice=progress.notice, qmp=options.qmp, device=options.device)
+                               notice=progress.notice, qmp=options.qmp, device=options.device,
+                               ceph=options.ceph)
     explicit = check_name(options.name) if options.name else None
     with _chain_lock(repo, options, candidate_names(provider.source, explicit), progress) as lock:
         name = chain_for(repo, provider.source, explicit, options.rename_source)
-        if provider.name == "qemu":  # which of its bitmaps hold the writes since, it decides itself
+        if provider.name in ("qemu", "rbd"):  # which bitmaps or snapshot vouch for the writes since, it decides
             parent = repo.latest(name) if options.kind == "incr" else None
             cast("QemuProvider", provider).since = _checkpoint_of(repo, parent, provider.source)
         with provider.open_snapshot() as session:
@@ -209,6 +212,10 @@ def backup_session(
         except CorruptDataError as e:  # a damaged history never blocks a backup: start a new chain
             note(f"the previous backup {parent.id} cannot be used ({e}): taking a full backup")
             parent = None
+    if prev_manifest is not None and prev_manifest.device_size != size and session.full_when_resized:
+        note(f"{session.source} was resized ({prev_manifest.device_size} -> {size} bytes) since its previous "
+             f"backup {prev_manifest.ref.id}: taking a full backup")
+        parent, prev_manifest, prev_map = None, None, None
     if prev_manifest is not None and prev_manifest.device_size != size:
         raise SourceSizeChangedError(
             f"{session.source} is {size} bytes but its previous backup {prev_manifest.ref.id} was "

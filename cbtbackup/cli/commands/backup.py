@@ -6,10 +6,11 @@ from typing import Literal
 
 import click
 
-from cbtbackup.cli.app import emit, json_option, repo_option
+from cbtbackup.cli.app import ceph_options, emit, json_option, repo_option
 from cbtbackup.cli.progress_bar import make_progress
 from cbtbackup.cli.repository_access import open_repo
 from cbtbackup.engine.providers import PROVIDERS
+from cbtbackup.engine.rbd.cluster import CephOptions
 from cbtbackup.model.durations import parse_wait
 from cbtbackup.model.sizes import format_size, parse_size
 from cbtbackup.pipeline.backup import BackupOptions, run_backup, run_device_group_backup
@@ -18,12 +19,12 @@ from cbtbackup.pipeline.backup import BackupOptions, run_backup, run_device_grou
 def _backup(repo: str, endpoint_url: str | None, sources: tuple[str, ...], kind: Literal["full", "incr"],
             name: str | None, provider: str, state_dir: str | None, freeze: str | None, diff_storage: str | None,
             diff_storage_limit: str | None, rename_source: bool, wait_lock: str | None, synthetic_every: int,
-            qmp: str | None, device: str | None, as_json: bool) -> None:
+            qmp: str | None, device: str | None, ceph: CephOptions, as_json: bool) -> None:
     options = BackupOptions(source=sources[0], kind=kind, name=name, provider=provider, state_dir=state_dir,
                             freeze=freeze, diff_storage=diff_storage,
                             diff_storage_limit=parse_size(diff_storage_limit) if diff_storage_limit else None,
                             rename_source=rename_source, wait_lock=parse_wait(wait_lock) if wait_lock else 0.0,
-                            synthetic_full_every=synthetic_every, qmp=qmp, device=device)
+                            synthetic_full_every=synthetic_every, qmp=qmp, device=device, ceph=ceph)
     repository = open_repo(repo, endpoint_url)
     if len(sources) == 1:
         results = [run_backup(repository, options, make_progress())]
@@ -49,7 +50,8 @@ def _backup_command(kind: Literal["full", "incr"], doc: str) -> click.Command:
                   help="Let --name's chain continue with this source although it holds another source's backups.")
     @click.option("--provider", type=click.Choice(PROVIDERS), default="auto", show_default=True,
                   help="userspace: a tracked image; blksnap: a block device through the kernel module; "
-                       "qemu: a qcow2 image through QEMU's dirty bitmaps; "
+                       "qemu: a qcow2 image through QEMU's dirty bitmaps; rbd: a Ceph RBD image "
+                       "(rbd:POOL/IMAGE) through RBD snapshot diffs; "
                        "scan: read everything; auto: the first that applies.")
     @click.option("--state-dir", help="Where the tracker keeps its state, if not beside the image.")
     @click.option("--freeze", metavar="MOUNTPOINT",
@@ -66,19 +68,21 @@ def _backup_command(kind: Literal["full", "incr"], doc: str) -> click.Command:
     @click.option("--qmp", metavar="SOCKET",
                   help="qemu: the QMP socket of the VM that runs SOURCE (default: an offline image).")
     @click.option("--device", metavar="NODE", help="qemu: the node name (or drive name) of SOURCE in that VM.")
+    @ceph_options
     @json_option
     def command(repo: str, endpoint_url: str | None, sources: tuple[str, ...], name: str | None, provider: str,
                 state_dir: str | None, freeze: str | None, diff_storage: str | None,
                 diff_storage_limit: str | None, rename_source: bool, wait_lock: str | None, synthetic_every: int,
-                qmp: str | None, device: str | None, as_json: bool) -> None:
+                qmp: str | None, device: str | None, ceph: CephOptions, as_json: bool) -> None:
         _backup(repo, endpoint_url, sources, kind, name, provider, state_dir, freeze, diff_storage,
-                diff_storage_limit, rename_source, wait_lock, synthetic_every, qmp, device, as_json)
+                diff_storage_limit, rename_source, wait_lock, synthetic_every, qmp, device, ceph, as_json)
 
     return command
 
 
 full = _backup_command(
-    "full", "Back up the whole of SOURCE (an image file or block device; several block devices with blksnap)."
+    "full", "Back up the whole of SOURCE (an image file, block device or rbd:POOL/IMAGE; several block devices "
+    "with blksnap)."
 )
 incr = _backup_command(
     "incr",

@@ -1,7 +1,7 @@
 """Providers: where snapshots and changed blocks come from (userspace engine — direct or through an attach
-daemon —, the blksnap kernel module, QEMU's dirty bitmaps, and scan).
+daemon —, the blksnap kernel module, QEMU's dirty bitmaps, Ceph RBD snapshot diffs, and scan).
 
-The blksnap and QEMU providers live in their own packages and build on ``providers.base``; they are
+The blksnap, QEMU and RBD providers live in their own packages and build on ``providers.base``; they are
 imported when first asked for (PEP 562), so that importing one of them first never finds this package
 half made."""
 
@@ -20,15 +20,18 @@ from cbtbackup.engine.providers.base import BlockReader, CbtState, Provider, Sna
 from cbtbackup.engine.providers.scan import ScanProvider
 from cbtbackup.engine.providers.userspace import UserspaceProvider
 from cbtbackup.engine.qemu.images import is_qcow2
+from cbtbackup.engine.rbd.names import is_rbd
 from cbtbackup.engine.volume import is_tracked
 from cbtbackup.errors import NotFoundError, UsageError
 
 if TYPE_CHECKING:
     from cbtbackup.engine.blksnap.provider import BlksnapProvider
     from cbtbackup.engine.qemu.provider import QemuProvider, QemuSession
+    from cbtbackup.engine.rbd.cluster import CephOptions
+    from cbtbackup.engine.rbd.provider import RbdProvider
 
 _LATER = {"BlksnapProvider": "cbtbackup.engine.blksnap.provider", "QemuProvider": "cbtbackup.engine.qemu.provider",
-          "QemuSession": "cbtbackup.engine.qemu.provider"}
+          "QemuSession": "cbtbackup.engine.qemu.provider", "RbdProvider": "cbtbackup.engine.rbd.provider"}
 
 
 def __getattr__(name: str) -> Any:
@@ -36,7 +39,7 @@ def __getattr__(name: str) -> Any:
         return getattr(importlib.import_module(_LATER[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-PROVIDERS = ("auto", "userspace", "blksnap", "qemu", "scan")
+PROVIDERS = ("auto", "userspace", "blksnap", "qemu", "rbd", "scan")
 
 
 def choose_provider(
@@ -50,16 +53,26 @@ def choose_provider(
     notice: Callable[[str], None] | None = None,
     qmp: str | None = None,
     device: str | None = None,
+    ceph: CephOptions | None = None,
 ) -> Provider:
-    """``auto``: the attach daemon of an attached volume, the engine for a tracked one, QEMU for a qcow2
-    image (or with ``qmp``), the blksnap module for a block device on a host that has it, scan otherwise.
+    """``auto``: RBD for ``rbd:POOL/IMAGE``, the attach daemon of an attached volume, the engine for a
+    tracked one, QEMU for a qcow2 image (or with ``qmp``), the blksnap module for a block device on a host
+    that has it, scan otherwise.
 
     ``source`` may be the image or the loop device an attach set up on it.
     """
-    if not os.path.exists(source):
-        raise NotFoundError(f"{source}: no such file or device")
     if name not in PROVIDERS:
         raise UsageError(f"unknown provider {name!r} (one of: {', '.join(PROVIDERS)})")
+    if is_rbd(str(source)) or name == "rbd":
+        if name not in ("auto", "rbd") or not is_rbd(str(source)):
+            raise UsageError(f"the rbd provider backs up RBD images (rbd:POOL/IMAGE), and an RBD image only "
+                             f"the rbd provider; got {source} with --provider {name}")
+        if freeze is not None or qmp is not None or device is not None:
+            raise UsageError("--freeze, --qmp and --device are not for RBD images")
+        from cbtbackup.engine.rbd.provider import RbdProvider
+        return RbdProvider(str(source), ceph, notice=notice)
+    if not os.path.exists(source):
+        raise NotFoundError(f"{source}: no such file or device")
     resolved = resolve_source(source, state_dir)
     if name in ("auto", "userspace") and live_record(resolved.state_dir) is not None:
         return AttachedProvider(resolved.image, resolved.state_dir, freeze)
@@ -109,6 +122,7 @@ __all__ = [
     "Provider",
     "QemuProvider",
     "QemuSession",
+    "RbdProvider",
     "ScanProvider",
     "SnapshotSession",
     "UserspaceProvider",

@@ -37,9 +37,12 @@ class SnapshotSession(abc.ABC):
     """One taken snapshot of one source; closing it destroys the snapshot."""
 
     source: str  # a stable identity of the source: its absolute path
-    provider: str  # "userspace", "blksnap", "qemu" or "scan"
+    provider: str  # "userspace", "blksnap", "qemu", "rbd" or "scan"
     image: BlockReader
     cbt: CbtState | None  # None where nothing tracks changes
+    # An incremental of a source whose size changed: refused (asking for a full) unless the provider can
+    # take a full of its new size on its own, as an RBD image that was resized.
+    full_when_resized = False
 
     @abc.abstractmethod
     def close(self) -> None: ...

@@ -10,7 +10,6 @@ the backup is committed remove the bitmaps it no longer needs.
 
 from __future__ import annotations
 
-import bisect
 import os
 import shutil
 import tempfile
@@ -19,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from cbtbackup.engine.cbt import CbtInfo
-from cbtbackup.engine.errors import OutOfRangeError
 from cbtbackup.engine.providers.base import CbtState, SnapshotSession
 from cbtbackup.engine.qemu import bitmaps, fleecing
 from cbtbackup.engine.qemu.nbd_client import NbdClient, dirty_bitmap_context
 from cbtbackup.engine.qemu.qmp import Qmp
 from cbtbackup.engine.qemu.storage_daemon import NODE, StorageDaemon
+from cbtbackup.engine.zero_ranges import ZeroRangesImage
 from cbtbackup.errors import CbtError, UsageError
 from cbtbackup.model.checkpoint import CbtCheckpoint
 
@@ -32,39 +31,13 @@ Notice = Callable[[str], None]
 DIRTY = 1  # qemu:dirty-bitmap extent flag
 
 
-class NbdImage:
+class NbdImage(ZeroRangesImage):
     """The export as the backup reads it: zero ranges from ``base:allocation`` come from memory, the rest
     over NBD."""
 
     def __init__(self, client: NbdClient) -> None:
         self.client = client
-        self.size = client.size
-        zeros = client.zero_extents()
-        self._starts = [offset for offset, _ in zeros]
-        self._zeros = zeros
-
-    def read(self, offset: int, length: int) -> bytes:
-        if offset < 0 or length < 0 or offset + length > self.size:
-            raise OutOfRangeError(f"read of {length} bytes at {offset} is outside the export")
-        out = bytearray()
-        position, end = offset, offset + length
-        i = max(0, bisect.bisect_right(self._starts, position) - 1)
-        while position < end:
-            zero_start, zero_length = self._zeros[i] if i < len(self._zeros) else (end, 0)
-            if zero_start + zero_length <= position:
-                i += 1
-                continue
-            if zero_start <= position:  # inside a zero range
-                stop = min(end, zero_start + zero_length)
-                out += bytes(stop - position)
-            else:
-                stop = min(end, zero_start)
-                data = self.client.read(position, stop - position)
-                if position == offset and stop == end:
-                    return bytes(data)  # no zero range in the way: one copy, not two
-                out += data
-            position = stop
-        return bytes(out)
+        super().__init__(client.size, client.zero_extents(), client.read)
 
 
 class QemuSession(SnapshotSession):

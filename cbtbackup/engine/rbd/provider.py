@@ -1,0 +1,169 @@
+"""An RBD image through Ceph's own change tracking.
+
+A backup takes an RBD snapshot (named by :mod:`snapshots`), reads that snapshot through librbd and, for an
+incremental whose previous snapshot still vouches, asks librbd which extents changed between the two
+(``diff_iterate``; whole objects when the image's fast-diff object map is valid, which answers from the map
+instead of asking every object). The CBT map the planner reads marks the blocks those extents touch;
+extents the diff reports as gone (discarded or zeroed) and, for a full or a scan, everything the snapshot
+does not allocate are read as zeros without asking the cluster. Once the backup is in the repository the
+older snapshots are removed, so an image carries one cbtbackup snapshot between backups; a backup that
+fails removes the snapshot it took, and the previous one stays the base.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from cbtbackup.engine.cbt import CbtInfo
+from cbtbackup.engine.providers.base import CbtState, SnapshotSession
+from cbtbackup.engine.rbd.cluster import CephOptions, Cluster, ceph_error
+from cbtbackup.engine.rbd.names import RbdSpec, parse_rbd
+from cbtbackup.engine.rbd.snapshots import ImageIdentity, SnapshotPlan, ours, plan_snapshot
+from cbtbackup.engine.zero_ranges import ZeroRangesImage, complement
+from cbtbackup.errors import CbtError, NotFoundError, SnapshotFailedError
+from cbtbackup.model.checkpoint import CbtCheckpoint
+
+Notice = Callable[[str], None]
+BLOCK = 64 << 10  # the tracking block of the CBT map the provider reports
+
+
+class RbdSession(SnapshotSession):
+    provider = "rbd"
+    full_when_resized = True  # an incremental of a resized image reads it all as a full, saying so
+
+    def __init__(self, provider: RbdProvider) -> None:
+        self.source = provider.source
+        self.spec = provider.spec
+        self._notice = provider.notice
+        self._committed = False
+        self._taken: str | None = None
+        self._head: Any = None
+        self._snap: Any = None
+        self._ioctx: Any = None
+        self.bytes_read = 0  # from the cluster: what the incremental's read volume is measured by
+        self._cluster = Cluster(provider.ceph)
+        self._errors = self._cluster.errors()
+        try:
+            self._ioctx = self._cluster.ioctx(self.spec)
+            self._take(provider.since)
+        except self._errors as e:
+            self.close()
+            raise ceph_error(e, f"cannot snapshot {self.spec}") from None
+        except BaseException:
+            self.close()
+            raise
+
+    def _take(self, since: CbtCheckpoint | None) -> None:
+        rbd = self._cluster.rbd
+        try:
+            self._head = rbd.Image(self._ioctx, self.spec.image)
+        except rbd.ImageNotFound:
+            raise NotFoundError(f"{self.spec}: no such RBD image") from None
+        identity = ImageIdentity(self._cluster.fsid, self._ioctx.get_pool_id(), self.spec.namespace,
+                                 self._head.id())
+        snapshots = ours([s["name"] for s in self._head.list_snaps()])
+        plan = plan_snapshot(snapshots, since, identity, str(self.spec))
+        if any(s.name == plan.new_name for s in snapshots):  # left by a run that was killed
+            self._head.remove_snap(plan.new_name)
+        self._head.create_snap(plan.new_name)
+        self._taken = plan.new_name
+        self._snap = rbd.Image(self._ioctx, self.spec.image, snapshot=plan.new_name, read_only=True)
+        size = int(self._snap.size())
+        whole_object = self._fast_diff_valid()
+        cbt_map = bytearray(-(-size // BLOCK))
+        zeros: list[tuple[int, int]] = []
+        if plan.since is not None:
+            def changed(offset: int, length: int, exists: bool) -> None:
+                first, last = offset // BLOCK, -(-min(size, offset + length) // BLOCK)
+                cbt_map[first:last] = bytes([plan.number]) * (last - first)
+                if not exists:
+                    zeros.append((offset, min(size, offset + length) - offset))
+            self._snap.diff_iterate(0, size, plan.since.name, changed, whole_object=whole_object)
+            zeros.sort()
+        else:  # a full, or a new generation (the backup then scans): everything unallocated is zeros
+            allocated: list[tuple[int, int]] = []
+            self._snap.diff_iterate(0, size, None, lambda o, n, e: allocated.append((o, n)) if e else None,
+                                    whole_object=whole_object)
+            zeros = complement(sorted(allocated), size)
+        self.plan = plan
+        self.image = ZeroRangesImage(size, zeros, self._read)
+        self.cbt = CbtState(CbtInfo(size, BLOCK, len(cbt_map), plan.generation, plan.number), bytes(cbt_map),
+                            plan.reset_reason)
+
+    def _fast_diff_valid(self) -> bool:
+        rbd = self._cluster.rbd
+        invalid = rbd.RBD_FLAG_FAST_DIFF_INVALID | rbd.RBD_FLAG_OBJECT_MAP_INVALID
+        return bool(self._snap.features() & rbd.RBD_FEATURE_FAST_DIFF) and not self._snap.flags() & invalid
+
+    def _read(self, offset: int, length: int) -> bytes:
+        try:
+            data: bytes = self._snap.read(offset, length)
+        except self._errors as e:
+            raise SnapshotFailedError(f"{self.spec}: the snapshot {self._taken} cannot be read: "
+                                      f"{ceph_error(e, 'read')}") from None
+        self.bytes_read += len(data)
+        return data
+
+    def check_intact(self) -> None:
+        try:
+            names = {s["name"] for s in self._head.list_snaps()}
+        except self._errors as e:
+            raise ceph_error(e, f"cannot list the snapshots of {self.spec}") from None
+        if self._taken not in names:
+            raise SnapshotFailedError(f"{self.spec}: the snapshot {self._taken} was removed while it was read")
+
+    def committed(self) -> None:
+        self._committed = True
+
+    def _remove_snapshots(self) -> None:
+        """After a commit, every older snapshot of ours; after a failure, the one this run took."""
+        if self._head is None or self._taken is None:
+            return
+        try:
+            names = [s.name for s in ours([s["name"] for s in self._head.list_snaps()])]
+        except self._errors:
+            names = [self._taken]
+        doomed = [n for n in names if n != self._taken] if self._committed else [self._taken]
+        for name in doomed:
+            try:
+                self._head.remove_snap(name)
+            except self._errors as e:
+                self._notice(f"the snapshot {self.spec}@{name} stays until the next backup: "
+                             f"{ceph_error(e, 'cannot remove it')}")
+
+    def close(self) -> None:
+        if self._snap is not None:
+            self._snap.close()
+            self._snap = None
+        try:
+            self._remove_snapshots()
+        except CbtError as e:
+            self._notice(str(e))
+        finally:
+            if self._head is not None:
+                self._head.close()
+                self._head = None
+            if self._ioctx is not None:
+                self._ioctx.close()
+                self._ioctx = None
+            self._cluster.close()
+
+
+class RbdProvider:
+    """The image ``rbd:POOL[/NAMESPACE]/IMAGE`` on the cluster ``ceph`` names."""
+
+    name = "rbd"
+
+    def __init__(self, source: str, ceph: CephOptions | None = None, notice: Notice | None = None) -> None:
+        self.spec: RbdSpec = parse_rbd(source)
+        self.source = str(self.spec)
+        self.ceph = ceph or CephOptions()
+        self.notice: Notice = notice or (lambda _: None)
+        self.since: CbtCheckpoint | None = None  # the chain's previous checkpoint, set before open_snapshot
+
+    def open_snapshot(self) -> RbdSession:
+        return RbdSession(self)
+
+
+__all__ = ["BLOCK", "RbdProvider", "RbdSession", "SnapshotPlan"]
