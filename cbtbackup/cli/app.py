@@ -40,6 +40,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "list": ("cbtbackup.cli.commands.repository", "list_backups", "List the backups in a repository."),
     "restore": ("cbtbackup.cli.commands.restore", "restore", "Restore a backup to a file or block device."),
     "diff": ("cbtbackup.cli.commands.restore", "diff", "The byte ranges where two backups differ."),
+    "export-diff": ("cbtbackup.cli.commands.restore", "export_diff",
+                    "A backup, or two backups' difference, as an rbd export-diff stream."),
     "mount": ("cbtbackup.cli.commands.access", "mount", "Mount backups read-only as image files (FUSE)."),
     "serve": ("cbtbackup.cli.commands.access", "serve", "Serve a backup read-only over NBD."),
     "verify": ("cbtbackup.cli.commands.repository", "verify", "Check every chunk backups need."),

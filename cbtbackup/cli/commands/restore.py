@@ -12,6 +12,7 @@ from cbtbackup.errors import UsageError
 from cbtbackup.model.durations import parse_when
 from cbtbackup.model.sizes import format_size
 from cbtbackup.pipeline.diff import run_diff
+from cbtbackup.pipeline.export_diff import run_export_diff
 from cbtbackup.pipeline.restore import STDOUT, RestoreOptions, run_restore
 from cbtbackup.pipeline.restore_qcow2 import run_restore_qcow2
 
@@ -63,3 +64,29 @@ def diff(repo: str, endpoint_url: str | None, a: str, b: str, as_json: bool) -> 
     lines.append(f"{len(result.ranges)} range(s), {format_size(result.bytes_differing)} differ between "
                  f"{result.a.id} and {result.b.id}")
     emit(as_json, result.to_json(), lines)
+
+
+@click.command(name="export-diff")
+@repo_option
+@click.argument("backup")
+@click.argument("target")
+@click.option("--from", "since", metavar="BACKUP",
+              help="An older backup of the same chain: the stream takes an image holding it to BACKUP "
+                   "(default: the whole of BACKUP).")
+@click.option("--force", is_flag=True, help="Replace an existing file TARGET.")
+@click.option("--no-snapshot-names", is_flag=True,
+              help="Leave out the from/to snapshot records: rbd import-diff then neither checks that the image "
+                   "holds the older backup nor takes a snapshot named for BACKUP.")
+@json_option
+def export_diff(repo: str, endpoint_url: str | None, backup: str, target: str, since: str | None, force: bool,
+                no_snapshot_names: bool, as_json: bool) -> None:
+    """Write BACKUP as an `rbd export-diff` stream (v1) to TARGET, a file or - for standard output, for
+    `rbd import-diff TARGET POOL/IMAGE` — from a backup of any source."""
+    result = run_export_diff(open_repo(repo, endpoint_url), backup, since, target, force=force,
+                             snapshot_names=not no_snapshot_names, progress=make_progress())
+    line = (f"exported {result.backup.id} ({result.backup.name})"
+            f"{f' since {result.since.id}' if result.since else ''} to "
+            f"{'standard output' if target == '-' else target}: {result.records} records, "
+            f"{format_size(result.bytes_data)} of data, {format_size(result.bytes_zero)} of zeros "
+            f"in {result.duration_s:.2f} s")
+    emit(as_json, result.to_json(), [line], err=target == "-")
