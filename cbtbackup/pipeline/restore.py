@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from cbtbackup.engine.in_use import TargetClaim, claim_for_overwrite
+from cbtbackup.engine.rbd.cluster import CephOptions
+from cbtbackup.engine.rbd.names import is_rbd
 from cbtbackup.errors import CbtError, NotADirError, NotFoundError, UsageError, os_error
 from cbtbackup.model.extent_map import ExtentMap
 from cbtbackup.pipeline.integrity import explain_corruption
@@ -48,10 +50,11 @@ STDOUT = "-"
 @dataclasses.dataclass(frozen=True)
 class RestoreOptions:
     backup: str
-    target: str  # a path, or "-" for standard output
+    target: str  # a path, rbd:POOL/IMAGE, or "-" for standard output
     force: bool = False
     onto_existing: bool = False  # write only what differs into an existing copy
     at: float | None = None  # with a chain as ``backup``: its newest backup at or before this time
+    ceph: CephOptions | None = None  # a target rbd:POOL/IMAGE: which cluster, as whom
 
 
 @dataclasses.dataclass
@@ -99,6 +102,18 @@ def run_restore(
         except CorruptChunkError as e:
             raise explain_corruption(repo, e) from None
         return RestoreResult(manifest, STDOUT, written, fetched, round(time.monotonic() - started, 3))
+    if is_rbd(options.target):
+        from cbtbackup.pipeline.restore_rbd import restore_to_rbd  # librados only where it is used
+        try:
+            progress.start(manifest.device_size, f"restore {ref.id}")
+            read, written, fetched = restore_to_rbd(
+                repo, resolved, manifest.device_size, options.target, options.ceph or CephOptions(),
+                force=options.force, onto_existing=options.onto_existing, progress=progress, config=config)
+            progress.finish()
+        except CorruptChunkError as e:
+            raise explain_corruption(repo, e) from None
+        return RestoreResult(manifest, options.target, written, fetched, round(time.monotonic() - started, 3),
+                             read)
     target = Path(options.target)
     if options.onto_existing and not _exists(target):
         raise NotFoundError(f"{target}: no such file or device to restore onto")

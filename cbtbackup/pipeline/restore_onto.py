@@ -11,6 +11,7 @@ incremental's changes, a packed incremental's — is fetched about once.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 from cbtbackup.model.extent_map import ExtentMap
 from cbtbackup.pipeline.chunk_cache import ChunkCache
@@ -18,17 +19,28 @@ from cbtbackup.pipeline.progress import Progress
 from cbtbackup.pipeline.target_io import pread_full, pwrite_all
 from cbtbackup.repo.repository import Repository
 
+ReadTarget = Callable[[int, int], bytes]
+WriteTarget = Callable[[memoryview, int], None]
 BLOCK = 64 << 10
 CACHE = 64 << 20
 
 
 def restore_onto(repo: Repository, resolved: ExtentMap, fd: int, progress: Progress) -> tuple[int, int, int]:
     """(bytes read from the target, bytes written to it, chunks fetched)."""
+    result = restore_onto_target(repo, resolved, lambda offset, length: pread_full(fd, offset, length),
+                                 lambda data, offset: pwrite_all(fd, data, offset), progress)
+    os.fsync(fd)
+    return result
+
+
+def restore_onto_target(repo: Repository, resolved: ExtentMap, read_target: ReadTarget, write_target: WriteTarget,
+                        progress: Progress) -> tuple[int, int, int]:
+    """The same for any target that reads and writes by offset (a file, a device, an RBD image)."""
     read = written = 0
     chunks = ChunkCache(repo.get_chunk, CACHE)
     for i in range(len(resolved)):
         piece = resolved[i]
-        have = pread_full(fd, piece.offset, piece.length)
+        have = read_target(piece.offset, piece.length)
         read += len(have)
         if piece.is_zero:
             want = bytes(piece.length)
@@ -37,18 +49,17 @@ def restore_onto(repo: Repository, resolved: ExtentMap, fd: int, progress: Progr
             continue
         else:
             want = chunks.get(piece.digest)[piece.chunk_offset: piece.chunk_offset + piece.length]
-        written += _write_differences(fd, piece.offset, have, want)
+        written += _write_differences(write_target, piece.offset, have, want)
         progress.advance(piece.length)
-    os.fsync(fd)
     return read, written, chunks.fetched
 
 
-def _write_differences(fd: int, offset: int, have: bytes, want: bytes) -> int:
+def _write_differences(write_target: WriteTarget, offset: int, have: bytes, want: bytes) -> int:
     written = 0
     hv, wv = memoryview(have), memoryview(want)
     for pos in range(0, len(want), BLOCK):
         end = min(pos + BLOCK, len(want))
         if hv[pos:end] != wv[pos:end]:
-            pwrite_all(fd, wv[pos:end], offset + pos)
+            write_target(wv[pos:end], offset + pos)
             written += end - pos
     return written

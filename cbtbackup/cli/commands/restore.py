@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import click
 
-from cbtbackup.cli.app import emit, json_option, repo_option
+from cbtbackup.cli.app import ceph_options, emit, json_option, repo_option
 from cbtbackup.cli.progress_bar import make_progress
 from cbtbackup.cli.repository_access import open_repo
 from cbtbackup.engine.qemu.images import is_qcow2
+from cbtbackup.engine.rbd.cluster import CephOptions
+from cbtbackup.engine.rbd.names import is_rbd
 from cbtbackup.errors import UsageError
 from cbtbackup.model.durations import parse_when
 from cbtbackup.model.sizes import format_size
@@ -29,19 +31,20 @@ from cbtbackup.pipeline.restore_qcow2 import run_restore_qcow2
 @click.option("--at", "at", metavar="TIME",
               help="BACKUP names a chain (NAME, or latest): take its newest backup at or before TIME "
                    "('2026-11-20 13:00', local time; a trailing Z for UTC).")
+@ceph_options
 @json_option
 def restore(repo: str, endpoint_url: str | None, backup: str, target: str, force: bool, onto_existing: bool,
-            image_format: str, at: str | None, as_json: bool) -> None:
+            image_format: str, at: str | None, ceph: CephOptions, as_json: bool) -> None:
     """Restore BACKUP (an id, a unique id prefix, latest, NAME@latest or NAME@latest~N) to TARGET, a file
-    or block device, or - for standard output."""
+    or block device, an RBD image (rbd:POOL/IMAGE), or - for standard output."""
     repository = open_repo(repo, endpoint_url)
-    options = RestoreOptions(backup, target, force, onto_existing, parse_when(at) if at else None)
+    options = RestoreOptions(backup, target, force, onto_existing, parse_when(at) if at else None, ceph)
     if image_format == "qcow2":
-        if target == STDOUT:
-            raise UsageError("--format qcow2 writes a file, not standard output")
+        if target == STDOUT or is_rbd(target):
+            raise UsageError("--format qcow2 writes a file, not standard output or an RBD image")
         result = run_restore_qcow2(repository, options, make_progress())
     else:
-        if (force or onto_existing) and target != STDOUT and is_qcow2(target):
+        if (force or onto_existing) and target != STDOUT and not is_rbd(target) and is_qcow2(target):
             raise UsageError(f"{target} is a qcow2 image: add --format qcow2 to write the backup into it")
         result = run_restore(repository, options, make_progress())
     m = result.manifest
