@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 
 from cbtbackup.cli import main
-from tests.servers.s3_servers import moto_server, rgw_server, s3_server
+from tests.servers.s3_servers import ceph_cluster, moto_server, rgw_server, s3_server
 
 # The S3 servers' session fixtures, for tests/s3 and the store conformance suite alike.
-__all__ = ["moto_server", "rgw_server", "s3_server"]
+__all__ = ["ceph_cluster", "moto_server", "rgw_server", "s3_server"]
 
 MakeImage = Callable[..., Path]
 PASSPHRASE = "correct horse battery staple"

@@ -1,5 +1,5 @@
 """The S3 servers the tests run against: moto's threaded server (a mock of AWS) and Ceph's RADOS Gateway
-(a real server, from tests/servers/ceph-cluster). Each is started once per test session; a test that asks
+(a real server, from tests/servers/ceph-cluster, whose cluster also serves the RBD tests). Each is started once per test session; a test that asks
 for ``s3_server`` runs once on each, its id naming the server (``[moto]``, ``[rgw]``).
 
 RGW is reused when ``CBTBACKUP_TEST_RGW_ENDPOINT`` (and ``CBTBACKUP_TEST_RGW_KEYS=ACCESS:SECRET``) name a
@@ -49,16 +49,24 @@ def moto_server() -> Iterator[S3Server]:
     server.stop()
 
 
+@dataclasses.dataclass(frozen=True)
+class CephCluster:
+    conf: str  # its ceph.conf: the RBD tests' cluster
+    rgw: S3Server
+
+
 @pytest.fixture(scope="session")
-def rgw_server() -> Iterator[S3Server | str]:
-    """A running RGW, or the one line that says why none could start."""
+def ceph_cluster() -> Iterator[CephCluster | str]:
+    """The one-node Ceph cluster of the whole session (RGW and RBD), or the one line that says why none
+    could start."""
     if os.environ.get("CBTBACKUP_TEST_RGW_UNAVAILABLE"):
         yield os.environ["CBTBACKUP_TEST_RGW_UNAVAILABLE"]
         return
     endpoint = os.environ.get("CBTBACKUP_TEST_RGW_ENDPOINT")
     if endpoint:
         access, _, secret = os.environ.get("CBTBACKUP_TEST_RGW_KEYS", "testkey:testsecret").partition(":")
-        yield S3Server("rgw", endpoint, access, secret)
+        yield CephCluster(os.environ.get("CBTBACKUP_TEST_CEPH_CONF", os.environ.get("CEPH_CONF", "")),
+                          S3Server("rgw", endpoint, access, secret))
         return
     where = Path(tempfile.mkdtemp(prefix="cbt-ceph-"))
     port = free_port()
@@ -69,10 +77,17 @@ def rgw_server() -> Iterator[S3Server | str]:
             lines = started.stderr.strip().splitlines()
             yield f"Ceph cannot start here: {lines[-1] if lines else 'exit ' + str(started.returncode)}"
         else:
-            yield S3Server("rgw", f"http://127.0.0.1:{port}", "testkey", "testsecret")
+            yield CephCluster(str(where / "cluster" / "ceph.conf"),
+                              S3Server("rgw", f"http://127.0.0.1:{port}", "testkey", "testsecret"))
     finally:
         subprocess.run(["bash", str(CLUSTER_SCRIPT), "stop", str(where / "cluster")], capture_output=True)
         where.rmdir()
+
+
+@pytest.fixture(scope="session")
+def rgw_server(ceph_cluster: CephCluster | str) -> S3Server | str:
+    """The cluster's RGW, or the one line that says why none could start."""
+    return ceph_cluster if isinstance(ceph_cluster, str) else ceph_cluster.rgw
 
 
 @pytest.fixture(scope="session", params=["moto", "rgw"])
