@@ -3,6 +3,7 @@ and written through librbd, and what each image held at the moment a backup took
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -104,10 +105,8 @@ def make_rbd(ioctx: Any) -> Iterator[Any]:
 
     yield make
     for image in made:
-        try:
+        with contextlib.suppress(Exception):  # a test that removed or renamed it itself
             image.remove()
-        except Exception:  # noqa: BLE001 - a test that removed or renamed it itself
-            pass
 
 
 def remove_image(ioctx: Any, name: str) -> None:
@@ -135,4 +134,4 @@ def read_image(ioctx: Any, name: str) -> bytes:
         return bytes(image.read(0, image.size()))
 
 
-__all__ = ["MiB", "POOL", "Image", "read_image", "remove_image"]
+__all__ = ["POOL", "Image", "MiB", "read_image", "remove_image"]

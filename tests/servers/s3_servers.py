@@ -1,6 +1,7 @@
 """The S3 servers the tests run against: moto's threaded server (a mock of AWS) and Ceph's RADOS Gateway
-(a real server, from tests/servers/ceph-cluster, whose cluster also serves the RBD tests). Each is started once per test session; a test that asks
-for ``s3_server`` runs once on each, its id naming the server (``[moto]``, ``[rgw]``).
+(a real server, from tests/servers/ceph-cluster, whose cluster also serves the RBD tests). Each is started
+once per test session; a test that asks for ``s3_server`` runs once on each, its id naming the server
+(``[moto]``, ``[rgw]``).
 
 RGW is reused when ``CBTBACKUP_TEST_RGW_ENDPOINT`` (and ``CBTBACKUP_TEST_RGW_KEYS=ACCESS:SECRET``) name a
 running one, as .ci/run does (``CBTBACKUP_TEST_RGW_UNAVAILABLE`` carries its line when it could not start
