@@ -10,8 +10,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from cbtbackup.engine import TrackedVolume
 from cbtbackup.model import rbd_diff
 from tests.conftest import RunCli
@@ -137,13 +135,3 @@ def test_export_diff_refusals(cli: RunCli, repo: Path, make_rbd: Any, tmp_path: 
     assert cli("export-diff", "-r", repo, first, tmp_path / "kept", "--force").code == 0
     assert (tmp_path / "kept").read_bytes().startswith(rbd_diff.HEADER)
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".partial")] == []
-
-
-@pytest.mark.parametrize("cut", [0, 5, 13, 30])
-def test_the_parser_refuses_a_truncated_stream(cut: int, tmp_path: Path) -> None:
-    stream = rbd_diff.metadata(1 << 20, None, "b") + rbd_diff.data_header(0, 4) + b"abcd" + rbd_diff.END
-    path = tmp_path / "s"
-    path.write_bytes(stream[:cut])
-    with open(path, "rb") as f, pytest.raises(rbd_diff.DiffFormatError):
-        _, records = rbd_diff.read_stream(f)
-        list(records)
