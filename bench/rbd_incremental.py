@@ -62,7 +62,7 @@ class ReadCounter:
             self.last = session_self.bytes_read
             original(session_self)
 
-        RbdSession.close = close  # type: ignore[method-assign]
+        RbdSession.close = close  # type: ignore[method-assign,assignment]
 
 
 def run_mode(repo: Repository, ioctx: Any, name: str, fast_diff: bool, exact: bool, size: int, changed: float,

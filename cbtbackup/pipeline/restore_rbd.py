@@ -11,7 +11,8 @@ Chunks are fetched, verified and written by a pool, a bounded number of bytes in
 from __future__ import annotations
 
 from cbtbackup.engine.rbd.cluster import CephOptions
-from cbtbackup.engine.rbd.target import RbdTarget
+from cbtbackup.engine.rbd.target import RbdTarget, with_leftover
+from cbtbackup.errors import CbtError
 from cbtbackup.model.extent_map import ExtentMap
 from cbtbackup.pipeline.chunk_cache import ChunkCache
 from cbtbackup.pipeline.progress import Progress
@@ -33,6 +34,8 @@ def restore_to_rbd(repo: Repository, resolved: ExtentMap, size: int, target: str
         else:
             result = _write_pieces(repo, resolved, image, progress, config)
         image.commit()
+    except CbtError as e:
+        raise with_leftover(e, image.abandon()) from None
     except BaseException:
         image.abandon()
         raise

@@ -4,10 +4,14 @@ failure) and what a user gets for bad input: one line, a documented exit code, n
 from __future__ import annotations
 
 import os
+import re
 import socket
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from cbtbackup.engine.rbd.cluster import bindings
 from tests.conftest import RunCli
@@ -98,3 +102,48 @@ def test_a_cluster_that_does_not_answer_is_one_line_within_the_timeout(cli: RunC
         silent.close()
     result.assert_one_line_error(7, "did not answer")
     assert time.monotonic() - started < 20
+
+
+def documented_backup_caps(pool: str) -> tuple[str, str]:
+    """The mon and osd caps docs/ceph.md gives the backup role, for ``pool`` (the docs say ``vms``)."""
+    text = (Path(__file__).parents[2] / "docs" / "ceph.md").read_text()
+    block = re.search(r"ceph auth get-or-create client\.cbtbackup \\\n\s+mon '([^']+)' \\\n\s+osd '([^']+)'", text)
+    assert block is not None, "docs/ceph.md no longer shows the backup role's caps"
+    return block.group(1), block.group(2).replace("pool=vms", f"pool={pool}")
+
+
+def test_the_documented_backup_role_backs_up_and_cannot_write_images(cli: RunCli, repo: Path, make_rbd: Any,
+                                                                     ioctx: Any, ceph_conf: str,
+                                                                     tmp_path: Path) -> None:
+    mon, osd = documented_backup_caps(POOL)
+    user = f"cbt-{os.urandom(3).hex()}"
+    keyring = tmp_path / "backup.keyring"
+    subprocess.run(["ceph", "-c", ceph_conf, "auth", "get-or-create", f"client.{user}", "mon", mon, "osd", osd,
+                    "-o", str(keyring)], check=True, capture_output=True)
+    role = ("--ceph-id", user, "--keyring", keyring)
+    try:
+        image: Image = make_rbd(8 * MiB)
+        image.write(0, os.urandom(2 * MiB))
+        assert cli("full", "-r", repo, image.source, *role).code == 0
+        image.write(5 * MiB, os.urandom(65536))
+        incr = cli("incr", "-r", repo, image.source, *role, "--json")
+        assert incr.code == 0 and incr.json["method"] == "cbt", incr.err
+        assert [s for s in image.snapshots() if s.startswith("cbtbackup-")] != []
+        assert cli("restore", "-r", repo, incr.json["id"], tmp_path / "r.img").code == 0
+        assert (tmp_path / "r.img").read_bytes() == image.content()
+        # The role cannot change an image: a restore onto one is refused, and so is a plain write.
+        before = image.content()
+        cli("restore", "-r", repo, incr.json["id"], image.source, "--force", *role).assert_one_line_error(
+            8, "permission")
+        rados, rbd = bindings()
+        handle = rados.Rados(conffile=ceph_conf, rados_id=user, conf={"keyring": str(keyring)})
+        handle.connect(timeout=30)
+        try:
+            with handle.open_ioctx(POOL) as io, rbd.Image(io, image.name) as as_role, \
+                    pytest.raises(rbd.PermissionError):
+                as_role.write(b"x" * 4096, 0)
+        finally:
+            handle.shutdown()
+        assert image.content() == before
+    finally:
+        subprocess.run(["ceph", "-c", ceph_conf, "auth", "del", f"client.{user}"], capture_output=True)

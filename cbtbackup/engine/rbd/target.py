@@ -16,6 +16,13 @@ from cbtbackup.engine.rbd.names import RbdSpec, parse_rbd
 from cbtbackup.errors import BusyError, CbtError, NotFoundError
 
 
+def with_leftover(error: CbtError, stays: str) -> CbtError:
+    """``error``, its line extended by what a failed restore could not remove."""
+    if stays:
+        error.args = (f"{error.args[0]}; {stays}",)
+    return error
+
+
 class RbdTarget:
     def __init__(self, target: str, ceph: CephOptions, size: int, *, existing: bool, overwrite: bool) -> None:
         """``existing``: the image must exist and is written in place (onto-existing); ``overwrite``: it may
@@ -47,8 +54,8 @@ class RbdTarget:
                 self._image = self._rbd.Image(self._ioctx, self._temp)
                 self.fresh = True
         except self._errors as e:
-            self.abandon()
-            raise ceph_error(e, f"cannot open {self.spec} for the restore") from None
+            raise with_leftover(ceph_error(e, f"cannot open {self.spec} for the restore"), self.abandon()) \
+                from None
         except BaseException:
             self.abandon()
             raise
@@ -85,27 +92,27 @@ class RbdTarget:
             try:
                 self._rbd.RBD().rename(self._ioctx, self._temp, self.spec.image)
             except self._errors as e:
-                self.abandon()
-                raise ceph_error(e, f"cannot name the restored image {self.spec} (it was created meanwhile?)") \
-                    from None
+                raise with_leftover(ceph_error(e, f"cannot name the restored image {self.spec} (it was created "
+                                                  "meanwhile?)"), self.abandon()) from None
             self._temp = None
         self._close()
 
-    def abandon(self) -> None:
-        """Remove a new image that did not check out; an existing one keeps what was written."""
+    def abandon(self) -> str:
+        """Remove a new image that did not check out (an existing one keeps what was written); what could
+        not be removed, as words for the error that caused it ("" if nothing stays)."""
         if self._image is not None:
             self._image.close()
             self._image = None
         temp, self._temp = self._temp, None
-        failure = None
+        stays = ""
         if temp is not None and self._ioctx is not None:
             try:
                 self._rbd.RBD().remove(self._ioctx, temp)
             except self._errors as e:
-                failure = CbtError(f"the partial image {self.spec.with_image(temp)} stays: {e}")
+                stays = (f"the partial image {self.spec.with_image(temp)} stays "
+                         f"({ceph_error(e, 'removing it').args[0]}: rbd rm {self.spec.with_image(temp).path})")
         self._close()
-        if failure is not None:
-            raise failure
+        return stays
 
     def _close(self) -> None:
         if self._ioctx is not None:
