@@ -174,3 +174,26 @@ def test_a_backup_that_fails_keeps_the_previous_snapshot_as_the_base(cli: RunCli
     assert result["method"] == "cbt"
     assert cli("restore", "-r", repo, result["id"], tmp_path / "r.img").code == 0
     assert (tmp_path / "r.img").read_bytes() == image.content()
+
+
+def test_an_image_in_a_namespace(cli: RunCli, repo: Path, ioctx: Any, ceph_conf: str, tmp_path: Path) -> None:
+    namespace, name = f"ns{os.urandom(3).hex()}", "disk"
+    spec = f"{POOL}/{namespace}/{name}"
+    subprocess.run(["rbd", "-c", ceph_conf, "namespace", "create", f"{POOL}/{namespace}"], check=True)
+    subprocess.run(["rbd", "-c", ceph_conf, "create", "--size", "8M", spec], check=True)
+    try:
+        subprocess.run(["rbd", "-c", ceph_conf, "bench", "--io-type", "write", "--io-size", "4K", "--io-total", "1M",
+                        "--io-pattern", "rand", spec], check=True, capture_output=True)
+        assert cli("full", "-r", repo, f"rbd:{spec}").code == 0
+        subprocess.run(["rbd", "-c", ceph_conf, "bench", "--io-type", "write", "--io-size", "4K", "--io-total",
+                        "64K", "--io-pattern", "rand", spec], check=True, capture_output=True)
+        incr = cli("incr", "-r", repo, f"rbd:{spec}", "--json")
+        assert incr.code == 0 and incr.json["method"] == "cbt", incr.err
+        exported = tmp_path / "exported.img"
+        subprocess.run(["rbd", "-c", ceph_conf, "export", "--no-progress", spec, str(exported)], check=True)
+        assert cli("restore", "-r", repo, incr.json["id"], tmp_path / "r.img").code == 0
+        assert (tmp_path / "r.img").read_bytes() == exported.read_bytes()
+    finally:
+        subprocess.run(["rbd", "-c", ceph_conf, "snap", "purge", spec], capture_output=True)
+        subprocess.run(["rbd", "-c", ceph_conf, "rm", "--no-progress", spec], capture_output=True)
+        subprocess.run(["rbd", "-c", ceph_conf, "namespace", "remove", f"{POOL}/{namespace}"], capture_output=True)
