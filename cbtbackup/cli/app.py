@@ -46,6 +46,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "serve": ("cbtbackup.cli.commands.access", "serve", "Serve a backup read-only over NBD."),
     "verify": ("cbtbackup.cli.commands.repository", "verify", "Check every chunk backups need."),
     "key": ("cbtbackup.cli.commands.keys", "key", "Keys of an encrypted repository: list, add, remove, passwd, export"),
+    "run": ("cbtbackup.cli.commands.jobs", "run", "Run a backup job file: sources, retention, hooks, notifications."),
     "forget": ("cbtbackup.cli.commands.lifecycle", "forget", "Remove backups by id or by retention rules."),
     "prune": ("cbtbackup.cli.commands.lifecycle", "prune", "Delete chunks no backup needs."),
     "synthesize": ("cbtbackup.cli.commands.lifecycle", "synthesize", "Write a synthetic full of a backup."),

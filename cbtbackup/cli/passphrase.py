@@ -13,14 +13,13 @@ from __future__ import annotations
 import contextvars
 import dataclasses
 import os
-import shlex
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from cbtbackup.errors import UsageError, os_error
+from cbtbackup.errors import UsageError
 from cbtbackup.repo.key_file import read_key_file
-from cbtbackup.repo.keys import UnlockError
+from cbtbackup.repo.secret_sources import password_from_command, password_from_file
 
 if TYPE_CHECKING:
     from cbtbackup.repo.repository import Secret
@@ -37,30 +36,6 @@ class PasswordOptions:
 CURRENT: contextvars.ContextVar[PasswordOptions | None] = contextvars.ContextVar("passwords", default=None)
 
 
-def _first_line(text: str) -> str:
-    return text.splitlines()[0] if text else ""
-
-
-def _from_file(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return _first_line(f.read())
-    except OSError as e:
-        raise os_error(e, f"cannot read the password file {path}") from None
-
-
-def _from_command(command: str) -> str:
-    import subprocess  # loaded only here: a run that does not need it starts sooner
-
-    try:
-        done = subprocess.run(shlex.split(command), capture_output=True, text=True, timeout=120)
-    except (OSError, ValueError, subprocess.TimeoutExpired) as e:
-        raise UnlockError(f"--password-command could not run: {e}") from None
-    if done.returncode != 0:
-        raise UnlockError(f"--password-command exited with {done.returncode}")
-    return _first_line(done.stdout)
-
-
 def _prompt(text: str, confirm: bool) -> str:
     import getpass
 
@@ -74,9 +49,9 @@ def read_passphrase(location: str, confirm: bool = False) -> str | None:
     """The passphrase for ``location`` from the sources above, or None if there is none."""
     options = CURRENT.get() or PasswordOptions()
     if options.file:
-        return _from_file(options.file)
+        return password_from_file(options.file)
     if options.command:
-        return _from_command(options.command)
+        return password_from_command(options.command)
     if (env := os.environ.get("CBTBACKUP_PASSWORD")) is not None:
         return env
     if sys.stdin.isatty():
@@ -99,7 +74,7 @@ def passphrase_for(location: str) -> Callable[[], Secret | None]:
 
 def read_new_passphrase(new_file: str | None) -> str:
     if new_file:
-        return _from_file(new_file)
+        return password_from_file(new_file)
     if (env := os.environ.get("CBTBACKUP_NEW_PASSWORD")) is not None:
         return env
     if sys.stdin.isatty():

@@ -98,8 +98,9 @@ def run_backup(
 ) -> BackupResult:
     """Snapshot one source and back it up into its chain, holding the chain's lock.
 
-    Hook points: ``"snapshot-taken"`` (the snapshot is held, nothing read yet) and ``"before-commit"`` (every
-    chunk is stored, the manifest is not written)."""
+    Hook points: ``"snapshot-taking"`` (the chain is locked, the snapshot is about to be taken; a job's
+    ``before_snapshot`` hook quiesces here), ``"snapshot-taken"`` (the snapshot is held, nothing read yet) and
+    ``"before-commit"`` (every chunk is stored, the manifest is not written)."""
     progress = progress or NullProgress()
     provider = choose_provider(options.source, options.provider, state_dir=options.state_dir, freeze=options.freeze,
                                diff_storage=options.diff_storage, diff_storage_limit=options.diff_storage_limit,
@@ -111,6 +112,7 @@ def run_backup(
         if provider.name in ("qemu", "rbd"):  # which bitmaps or snapshot vouch for the writes since, it decides
             parent = repo.latest(name) if options.kind == "incr" else None
             cast("QemuProvider", provider).since = _checkpoint_of(repo, parent, provider.source)
+        hook("snapshot-taking")
         with provider.open_snapshot() as session:
             hook("snapshot-taken")
             result = backup_session(repo, session, options.kind, name, progress, config, _checked(lock, hook))
@@ -330,6 +332,7 @@ class _ChunkWriter:
                 self._repo.depend_on_chunk(digest)
             with self._lock:
                 self.stats.chunks_reused += 1
+                self.stats.bytes_reused += len(data)
 
 
 _zeros: dict[int, bytes] = {}

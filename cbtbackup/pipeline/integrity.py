@@ -5,7 +5,8 @@ quarantine (a missing one is recorded there), so no later backup trusts it: the 
 those bytes from the source stores them again — and because chunks are named by their content, that heals
 every older backup that used the same bytes. Backups whose lost bytes never come back stay damaged, and
 verify names them. A manifest that cannot be read is reported and passed over; the other backups are
-still checked.
+still checked. ``verify --read-data-subset 5%`` (or ``1GiB``) reads a random part of those chunks instead: a
+nightly job checks a little of every new backup, and over weeks most of the repository.
 
 ``verify --repair`` does this for the whole repository: every chunk object stored (also those no backup
 needs), every manifest (unreadable ones are moved into quarantine, so that listing and restoring the
@@ -15,11 +16,15 @@ others never meet them again), and clears quarantine entries whose chunks are wh
 from __future__ import annotations
 
 import dataclasses
+import math
+import random
 import threading
+from collections.abc import Iterable
 from typing import Any
 
-from cbtbackup.errors import CbtError, CorruptDataError
+from cbtbackup.errors import CbtError, CorruptDataError, UsageError
 from cbtbackup.model.extent_map import ZERO_DIGEST
+from cbtbackup.model.sizes import format_size, parse_size
 from cbtbackup.pipeline.progress import NullProgress, Progress
 from cbtbackup.pipeline.workers import BoundedSubmitter, PipelineConfig
 from cbtbackup.repo.chunk_codec import CorruptChunkError, MissingChunkError
@@ -100,14 +105,52 @@ class VerifyResult:
         return "; ".join(parts)
 
 
+@dataclasses.dataclass(frozen=True)
+class Sample:
+    """A random part of the chunks to read (restic's ``--read-data-subset``): a fraction, or about a size."""
+
+    fraction: float | None = None
+    size: int | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Sample:
+        """``5%``, ``0.5%`` or a size (``1GiB``, ``500M``)."""
+        value = text.strip()
+        if value.endswith("%"):
+            try:
+                percent = float(value[:-1])
+            except ValueError:
+                raise UsageError(f"{text!r} is not a percentage (examples: 5%, 0.5%)") from None
+            if not 0 < percent <= 100:
+                raise UsageError(f"{text!r}: a sample is more than 0% and at most 100%")
+            return cls(fraction=percent / 100)
+        size = parse_size(value)
+        if size <= 0:
+            raise UsageError(f"{text!r}: a sample is more than 0 bytes")
+        return cls(size=size)
+
+    def __str__(self) -> str:
+        return f"{self.fraction * 100:g}%" if self.fraction is not None else format_size(self.size or 0)
+
+    def draw(self, digests: Iterable[bytes], chunk_size: int) -> set[bytes]:
+        pool = sorted(digests)
+        if self.fraction is not None:
+            count = math.ceil(len(pool) * self.fraction)
+        else:
+            count = math.ceil((self.size or 0) / chunk_size)
+        return set(random.sample(pool, min(len(pool), max(count, 1 if pool else 0))))
+
+
 def run_verify(
     repo: Repository,
     backup: str | None,
     progress: Progress | None = None,
     config: PipelineConfig | None = None,
     repair: bool = False,
+    sample: Sample | None = None,
 ) -> VerifyResult:
-    """Read and check every chunk the backup (or every backup) needs; quarantine what fails."""
+    """Read and check every chunk the backup (or every backup) needs, or a random ``sample`` of them;
+    quarantine what fails."""
     progress = progress or NullProgress()
     config = config or PipelineConfig()
     if repair and backup:
@@ -130,7 +173,9 @@ def run_verify(
                 users = uses.setdefault(d, [])
                 if not users or users[-1] != ref:
                     users.append(ref)
-    to_check = set(uses)
+    if sample is not None and repair:
+        raise CbtError("--repair checks the whole repository; it takes no sample")
+    to_check = sample.draw(uses, repo.config.chunk_size) if sample is not None else set(uses)
     if repair:  # every chunk stored, needed or not
         to_check |= {bytes.fromhex(o.key.rsplit("/", 1)[-1]) for o in repo.store.list(CHUNKS_PREFIX)}
     bad = _check_chunks(repo, to_check, set(uses), result, progress, config)

@@ -23,6 +23,7 @@ class ChainStats:
     backups: int = 0
     logical_bytes: int = 0
     stored_bytes: int = 0
+    newest: float = 0.0  # when the chain's newest backup was made (UNIX time)
 
     @property
     def dedup_ratio(self) -> float:
@@ -71,6 +72,7 @@ def run_stats(repo: Repository, name: str | None = None) -> StatsResult:
         chain = chains.setdefault(ref.name, ChainStats(ref.name))
         chain.backups += 1
         chain.logical_bytes += m.device_size
+        chain.newest = max(chain.newest, m.created)
         digests = used.setdefault(ref.name, set())
         digests.update(m.extents.digest_at(i) for i in range(len(m.extents)))
     everything: set[bytes] = set()
@@ -79,7 +81,8 @@ def run_stats(repo: Repository, name: str | None = None) -> StatsResult:
         chains[chain_name].stored_bytes = sum(sizes.get(d, 0) for d in digests)
         everything |= digests
     total = ChainStats("(total)", sum(c.backups for c in chains.values()),
-                       sum(c.logical_bytes for c in chains.values()), sum(sizes.get(d, 0) for d in everything))
+                       sum(c.logical_bytes for c in chains.values()), sum(sizes.get(d, 0) for d in everything),
+                       max((c.newest for c in chains.values()), default=0.0))
     return StatsResult(sorted(chains.values(), key=lambda c: c.name), total, len(sizes), unreadable)
 
 

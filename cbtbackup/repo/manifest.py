@@ -91,6 +91,7 @@ class BackupStats:
     chunks_new: int = 0
     chunks_reused: int = 0
     duration_s: float = 0.0
+    bytes_reused: int = 0  # changed data not stored again: the repository already held its chunks
 
 
 @dataclasses.dataclass
@@ -185,7 +186,15 @@ class Manifest:
             cbt=None if cbt is None else CbtCheckpoint(
                 uuid.UUID(cbt["generation_id"]), cbt["changes_number"], cbt["block_size"], cbt["device_capacity"]
             ),
-            stats=BackupStats(**meta["stats"]),
+            stats=_stats(meta["stats"]),
             host=meta.get("host"),
             synthesized_from=meta.get("synthesized_from"),
         )
+
+
+_STATS_FIELDS = {f.name for f in dataclasses.fields(BackupStats)}
+
+
+def _stats(raw: dict[str, Any]) -> BackupStats:
+    """A manifest's figures; ones a later version added are passed over, ones an earlier lacked are 0."""
+    return BackupStats(**{k: v for k, v in raw.items() if k in _STATS_FIELDS})

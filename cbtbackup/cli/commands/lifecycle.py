@@ -9,6 +9,7 @@ import click
 from cbtbackup.cli.app import emit, json_option, repo_option
 from cbtbackup.cli.progress_bar import make_progress
 from cbtbackup.cli.repository_access import open_repo
+from cbtbackup.errors import UsageError
 from cbtbackup.model.durations import format_when, parse_age, parse_wait
 from cbtbackup.model.retention import RetentionPolicy
 from cbtbackup.model.sizes import format_size
@@ -112,10 +113,19 @@ def synthesize(repo: str, endpoint_url: str | None, backup: str, wait_lock: str 
 @click.command()
 @repo_option
 @click.option("--name", help="Only the chain of this name.")
+@click.option("--prometheus", is_flag=True,
+              help="Print Prometheus' text format (for node_exporter's textfile collector) instead.")
 @json_option
-def stats(repo: str, endpoint_url: str | None, name: str | None, as_json: bool) -> None:
+def stats(repo: str, endpoint_url: str | None, name: str | None, prometheus: bool, as_json: bool) -> None:
     """Backups, logical and stored size and deduplication ratio, per chain and in total."""
+    if prometheus and as_json:
+        raise UsageError("--prometheus and --json are two formats; choose one")
     result = run_stats(open_repo(repo, endpoint_url), name)
+    if prometheus:
+        from cbtbackup.access.prometheus import stats_exposition  # loaded only for it: prometheus-client
+
+        click.echo(stats_exposition(result).decode(), nl=False)
+        return
     width = max([len("CHAIN"), *(len(c.name) for c in result.chains)])
     lines = [f"{'CHAIN':{width}}  {'BACKUPS':>7}  {'LOGICAL':>10}  {'STORED':>10}  {'DEDUP':>6}"]
     for c in [*result.chains, result.total]:

@@ -14,7 +14,7 @@ from cbtbackup.cli.repository_access import open_new_store, open_repo
 from cbtbackup.errors import CorruptDataError
 from cbtbackup.model.durations import format_duration, parse_wait
 from cbtbackup.model.sizes import format_size, parse_size
-from cbtbackup.pipeline.integrity import DamagedBackupError, run_verify
+from cbtbackup.pipeline.integrity import DamagedBackupError, Sample, run_verify
 from cbtbackup.pipeline.stats import bytes_alone
 from cbtbackup.repo.config import RepositoryConfig
 from cbtbackup.repo.manifest import BackupRef
@@ -117,10 +117,14 @@ def list_backups(repo: str, endpoint_url: str | None, name: str | None, alone: b
 @click.option("--repair", is_flag=True,
               help="The whole repository: every stored chunk and manifest; move unreadable manifests aside and "
                    "clear quarantine entries whose chunks are whole again.")
+@click.option("--read-data-subset", "subset", metavar="PERCENT|SIZE",
+              help="Read a random part of the chunks only: a percentage (5%) or about a size (1GiB).")
 @json_option
-def verify(repo: str, endpoint_url: str | None, backup: str | None, repair: bool, as_json: bool) -> None:
+def verify(repo: str, endpoint_url: str | None, backup: str | None, repair: bool, subset: str | None,
+           as_json: bool) -> None:
     """Check every chunk a backup (default: every backup) needs; quarantine the bad ones."""
-    result = run_verify(open_repo(repo, endpoint_url), backup, make_progress(), repair=repair)
+    sample = Sample.parse(subset) if subset else None
+    result = run_verify(open_repo(repo, endpoint_url), backup, make_progress(), repair=repair, sample=sample)
     lines = [f"quarantined {key}: {why}" for key, why in result.quarantined.items()]
     lines += [f"unreadable manifest {key}: {why}" for key, why in result.unreadable.items()]
     lines += [f"healed {key}" for key in result.healed]
