@@ -210,7 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     as_json = "--json" in args
     try:
         with _sigterm_unwinds():
-            cli.main(args=args, prog_name="cbtbackup", standalone_mode=False)
+            returned = cli.main(args=args, prog_name="cbtbackup", standalone_mode=False)
+        if isinstance(returned, int) and returned:  # a command that ended with click.exceptions.Exit(code)
+            return returned
     except click.exceptions.Exit as e:
         return e.exit_code
     except click.ClickException as e:

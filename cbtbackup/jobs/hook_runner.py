@@ -41,12 +41,13 @@ def _echo(stream: object, name: str, last: list[str]) -> None:
 
 
 def run_hook(name: str, command: HookCommand, facts: Mapping[str, str], timeout: float,
-             label: str | None = None) -> HookOutcome:
-    """Run one hook to its end or its timeout; never raises. ``label`` prefixes its output (default: name)."""
+             label: str | None = None, cwd: str | None = None) -> HookOutcome:
+    """Run one hook to its end or its timeout; never raises. ``label`` prefixes its output (default: name);
+    ``cwd`` is where it runs (the job file's folder, as relative paths in the file mean)."""
     env = {**os.environ, **facts, "CBTBACKUP_HOOK": name}
     try:
         process = subprocess.Popen(command.argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+                                   stderr=subprocess.STDOUT, start_new_session=True, cwd=cwd)
     except OSError as e:
         return HookOutcome(name, False, f"cannot run {command.argv[0]}: {e.strerror or e}")
     last: list[str] = []

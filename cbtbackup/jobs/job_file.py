@@ -136,6 +136,11 @@ class Job:
     notify: Notify = Notify()
     metrics_file: str | None = None
 
+    @property
+    def folder(self) -> str:
+        """The job file's folder: where relative paths in it point, and where its hooks run."""
+        return os.path.dirname(os.path.abspath(self.file))
+
 
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false", dict: "a table",
                list: "an array"}
@@ -247,9 +252,9 @@ def _repository(reader: _Reader) -> RepositorySettings:
         wait_lock=reader.convert("wait_lock", parse_wait) or 0.0,
         s3_timeout=reader.take("s3_timeout", float),
     )
+    reader.done()
     if sum(x is not None for x in (settings.key_file, settings.password_file, settings.password_command)) > 1:
         raise reader.error(reader.path, "give one of key_file, password_file and password_command")
-    reader.done()
     return settings
 
 
@@ -258,10 +263,10 @@ def _retention(reader: _Reader) -> Retention:
               ("last", "hourly", "daily", "weekly", "monthly", "yearly")}
     within = reader.convert("keep_within", parse_age) or 0.0
     prune = reader.take("prune", bool, True)
+    reader.done()
     policy = RetentionPolicy(within=within, **counts)
     if policy.empty:
         raise reader.error(reader.path, "[retention] keeps nothing: give at least one keep_* rule")
-    reader.done()
     return Retention(policy, bool(prune))
 
 
@@ -352,6 +357,9 @@ def _source(reader: _Reader) -> SourceSpec:
     return spec
 
 
+_TOP_LEVEL = {"job", "repository", "sources", "retention", "verify", "full", "hooks", "notify", "metrics"}
+
+
 def parse_job(text: str, where: str, default_name: str) -> Job:
     """The job a file's text describes; :class:`JobFileError` naming the line of the first problem."""
     try:
@@ -366,6 +374,9 @@ def parse_job(text: str, where: str, default_name: str) -> Job:
                            f"{where}: not valid TOML: {message}") from None
     lines = LineIndex(text)
     top = _Reader(where, lines, data, ())
+    for key in data:  # a misspelt table first: what is under it would only confuse the message
+        if key not in _TOP_LEVEL:
+            raise top.error((key,), f"unknown key '{key}'")
     name = top.take("job", str, default_name) or default_name
     repository_table = top.sub("repository")
     if repository_table is None:

@@ -28,7 +28,7 @@ from cbtbackup.jobs.report import JobReport, SourceResult
 from cbtbackup.model.durations import format_when
 from cbtbackup.model.sizes import format_size
 from cbtbackup.pipeline.backup import BackupOptions, run_backup
-from cbtbackup.pipeline.chains import chain_for, this_host
+from cbtbackup.pipeline.chains import chain_for, default_name, this_host
 from cbtbackup.pipeline.forget import ForgetOptions, run_forget
 from cbtbackup.pipeline.integrity import run_verify
 from cbtbackup.pipeline.progress import NullProgress, Progress
@@ -81,9 +81,16 @@ def open_job_repository(settings: RepositorySettings) -> Repository:
 
 
 def planned_chain(repo: Repository, spec: SourceSpec) -> str:
-    """The chain a backup of ``spec`` goes into, as the backup pipeline will decide it."""
+    """The chain a backup of ``spec`` will go into, to choose full or incremental. The backup pipeline decides
+    for itself (a loop device of an attached image is backed up as the image) and refuses another source's
+    chain; a plan that guesses wrong only finds no history, and a backup with no parent is a full anyway."""
+    if spec.chain:
+        return check_name(spec.chain)
     source = spec.path if is_rbd(spec.path) else str(Path(spec.path).absolute())
-    return chain_for(repo, source, check_name(spec.chain) if spec.chain else None, False)
+    try:
+        return chain_for(repo, source, None, False)
+    except CbtError:
+        return default_name(source)
 
 
 def choose_kind(repo: Repository, chain: str, policy: FullPolicy, now: float) -> tuple[Literal["full", "incr"], str]:
@@ -129,8 +136,8 @@ class _SnapshotHooks:
     and, through :meth:`release`, also when the take or the hook before it failed, so nothing stays quiesced."""
 
     def __init__(self, hooks: Hooks, facts: Callable[[], dict[str, str]], result: SourceResult,
-                 warn: Callable[[str], None]) -> None:
-        self.hooks, self.facts, self.result, self.warn = hooks, facts, result, warn
+                 warn: Callable[[str], None], cwd: str) -> None:
+        self.hooks, self.facts, self.result, self.warn, self.cwd = hooks, facts, result, warn, cwd
         self.reached = self.released = False
 
     def __call__(self, point: str) -> None:
@@ -139,7 +146,7 @@ class _SnapshotHooks:
             if self.hooks.before_snapshot is not None:
                 facts = self.facts()
                 outcome = run_hook("before_snapshot", self.hooks.before_snapshot, facts, self.hooks.timeout,
-                                   label=f"before_snapshot of {facts['CBTBACKUP_SOURCE']}")
+                                   label=f"before_snapshot of {facts['CBTBACKUP_SOURCE']}", cwd=self.cwd)
                 if not outcome.ok:
                     raise HookFailedError(outcome.line())
         elif point == "snapshot-taken":
@@ -151,7 +158,7 @@ class _SnapshotHooks:
         self.released = True
         facts = self.facts()
         outcome = run_hook("after_snapshot", self.hooks.after_snapshot, facts, self.hooks.timeout,
-                           label=f"after_snapshot of {facts['CBTBACKUP_SOURCE']}")
+                           label=f"after_snapshot of {facts['CBTBACKUP_SOURCE']}", cwd=self.cwd)
         if not outcome.ok:  # the snapshot is taken: the backup goes on, but the run is not a success
             self.warn(outcome.line())
             self.result.fail(outcome.line())
@@ -167,7 +174,8 @@ class JobRun:
         if command is None:
             return HookOutcome(name, True)
         source = facts.get("CBTBACKUP_SOURCE")
-        outcome = run_hook(name, command, facts, timeout, label=f"{name} of {source}" if source else f"job {name}")
+        outcome = run_hook(name, command, facts, timeout, label=f"{name} of {source}" if source else f"job {name}",
+                           cwd=self.job.folder)
         if not outcome.ok:
             self.options.warn(outcome.line())
         return outcome
@@ -205,7 +213,8 @@ class JobRun:
         if not before.ok:
             result.fail(f"source {before.line()}: not backed up")
             return self.after_source(spec, result)
-        snapshot_hooks = _SnapshotHooks(spec.hooks, lambda: _facts(job, result), result, self.options.warn)
+        snapshot_hooks = _SnapshotHooks(spec.hooks, lambda: _facts(job, result), result, self.options.warn,
+                                        job.folder)
         backup = None
         try:
             kind, why = choose_kind(repo, result.chain, job.full, time.time())
@@ -279,10 +288,9 @@ class JobRun:
         after = self.hook("after", spec.hooks.after, _facts(self.job, result), spec.hooks.timeout)
         if not after.ok:
             result.fail(f"source {after.line()}")
-        if result.error and result.backed_up:
-            self.options.warn(f"{spec.path}: {result.error} (backup {result.backup_id} is kept)")
-        elif result.error:
-            self.options.warn(f"{spec.path}: {result.error}")
+        if result.error:
+            named = result.error if spec.path in result.error else f"{spec.path}: {result.error}"
+            self.options.warn(f"{named} (backup {result.backup_id} is kept)" if result.backed_up else named)
         return result
 
     def prune(self) -> None:

@@ -39,7 +39,8 @@ class LineIndex:
                 if header.group(1) == "[[":
                     arrays[tuple(names)] = arrays.get(tuple(names), -1) + 1
                 table = self._with_indices(names, arrays)
-                self._lines.setdefault(table, number)
+                for end in range(1, len(table) + 1):  # [a.b] also places a
+                    self._lines.setdefault(table[:end], number)
             elif key := _KEY.match(line):
                 self._lines.setdefault((*table, *_parts(key.group(1))), number)
 
