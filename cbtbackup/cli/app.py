@@ -44,6 +44,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                     "A backup, or two backups' difference, as an rbd export-diff stream."),
     "mount": ("cbtbackup.cli.commands.access", "mount", "Mount backups read-only as image files (FUSE)."),
     "serve": ("cbtbackup.cli.commands.access", "serve", "Serve a backup read-only over NBD."),
+    "web": ("cbtbackup.cli.commands.access", "web", "Serve a read-only status page of a repository."),
     "verify": ("cbtbackup.cli.commands.repository", "verify", "Check every chunk backups need."),
     "key": ("cbtbackup.cli.commands.keys", "key", "Keys of an encrypted repository: list, add, remove, passwd, export"),
     "run": ("cbtbackup.cli.commands.jobs", "run", "Run a backup job file: sources, retention, hooks, notifications."),

@@ -1,4 +1,5 @@
-"""``mount`` and ``serve``: a repository's backups as files (FUSE) or an NBD export, read-only."""
+"""``mount``, ``serve`` and ``web``: a repository's backups as files (FUSE), an NBD export, or a status page —
+all read-only."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import click
 
 from cbtbackup.cli.app import emit, json_option, repo_option
 from cbtbackup.cli.repository_access import open_repo
-from cbtbackup.model.durations import parse_when
+from cbtbackup.model.durations import parse_wait, parse_when
 from cbtbackup.model.sizes import parse_size
 
 
@@ -53,3 +54,35 @@ def serve(repo: str, endpoint_url: str | None, backup: str, listen: str, cache_s
     options = ServeOptions(backup, listen, parse_size(cache_size), parse_when(at) if at else None)
     served = run_serve(open_repo(repo, endpoint_url), options, _ready)
     emit(as_json, {"backup": served, "listen": listen, "stopped": True}, [f"stopped serving {served}"])
+
+
+@click.command()
+@repo_option
+@click.option("--listen", default="127.0.0.1:8080", show_default=True, metavar="HOST:PORT",
+              help="Where to serve the page; an address other than loopback needs a token.")
+@click.option("--stale-after", default="26h", show_default=True, metavar="DURATION",
+              help="Flag a chain whose newest backup is older than this.")
+@click.option("--token-file", metavar="FILE",
+              help="Require the token in FILE's first line (or set CBTBACKUP_WEB_TOKEN).")
+@click.option("--refresh", default="30s", show_default=True, metavar="DURATION",
+              help="Read the repository again at most this often, however many look.")
+@json_option
+def web(repo: str, endpoint_url: str | None, listen: str, stale_after: str, token_file: str | None, refresh: str,
+        as_json: bool) -> None:
+    """Serve a read-only status page of the repository (chains, ages, sizes, a plot per chain; a JSON API and
+    Prometheus metrics) until Ctrl-C or SIGTERM. Takes no locks: backups run on."""
+    import os
+
+    from cbtbackup.access.web import WebOptions, run_web
+    from cbtbackup.errors import UsageError
+    from cbtbackup.repo.secret_sources import password_from_file
+
+    token = password_from_file(token_file) if token_file else os.environ.get("CBTBACKUP_WEB_TOKEN") or None
+    if token is not None and len(token) < 16:
+        raise UsageError("the web token is shorter than 16 characters; make a longer one (openssl rand -hex 16)")
+    stale, every = parse_wait(stale_after), parse_wait(refresh)
+    if stale <= 0:
+        raise UsageError("--stale-after must be more than 0")
+    options = WebOptions(listen, stale, token, every)
+    run_web(open_repo(repo, endpoint_url), options, _ready)
+    emit(as_json, {"listen": listen, "stopped": True}, ["stopped serving the status page"])
