@@ -122,8 +122,9 @@ def index_html(view: StatusView, location: str) -> str:
             f'<td class="n">{format_size(newest.bytes_changed) if newest else "-"}</td>'
             f'<td class="n">{format_size(c.stored_bytes)}</td><td class="n">{c.dedup_ratio}x</td></tr>')
     summary = (f'<span class="badge">{len(stale)} stale</span>' if stale else '<span class="ok">none stale</span>')
+    threshold = format_duration(round(view.stale_after))
     return (f"<h1>cbtbackup: {html.escape(location)}</h1>"
-            f"<p>{len(view.chains)} chains, {summary} (stale: no backup in {format_duration(round(view.stale_after))}); "
+            f"<p>{len(view.chains)} chains, {summary} (stale: no backup in {threshold}); "
             f"<small>read {format_when(view.taken)}</small></p>"
             "<table><thead><tr><th>Chain</th><th>Host</th><th>Source</th><th>Backups</th><th>Last backup</th>"
             "<th>Size</th><th>Changed</th><th>Stored</th><th>Dedup</th></tr></thead>"
