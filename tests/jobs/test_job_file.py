@@ -79,3 +79,19 @@ def test_a_repository_that_cannot_be_opened_fails_every_source(cli: RunCli, tmp_
     assert result.code == 13
     assert result.json["error"].startswith(f"cannot open the repository {tmp_path / 'no-repo-here'}")
     assert result.json["sources"][0]["error"].startswith("not run: cannot open the repository")
+
+
+def test_the_documented_example_job_is_a_valid_job(tmp_path: Path) -> None:
+    """examples/jobs/nightly.toml, as docs/fleet.md shows it, reads whole: every key it uses exists."""
+    from cbtbackup.jobs.job_file import load_job
+
+    example = Path(__file__).parents[2] / "examples" / "jobs" / "nightly.toml"
+    job = load_job(str(example))
+    assert job.name == "nightly" and [s.provider for s in job.sources] == ["auto", "qemu", "auto"]
+    assert job.sources[2].path == "rbd:vms/web2-disk"  # auto: an rbd: source is an RBD image
+    assert job.retention is not None and job.retention.policy.daily == 14 and job.verify is not None
+    assert job.notify.webhook is not None and job.notify.email is not None and job.metrics_file
+    db = job.sources[0].hooks
+    assert db.before_snapshot is not None and db.before_snapshot.argv[:2] == ("/bin/sh", "-c")
+    assert db.after is not None and db.after.argv == ("/usr/local/bin/report-backup", "db1")
+    assert job.full.every_backups == 30 and job.hooks.timeout == 600
