@@ -3,10 +3,11 @@ the webhook, the e-mail and the metrics are all made from.
 
 Exit status of ``cbtbackup run`` (docs/fleet.md):
  0   every source backed up (and its retention, sample check and hooks succeeded)
- 12  partial: some sources backed up, some failed
- 13  none: no source backed up (or the job's ``before`` hook failed)
- 14  every source backed up, but a notification could not be delivered and ``notify.fail_on_error`` is set
-A job file that cannot be run exits 2 (usage) before anything runs.
+ 20  partial: some sources backed up, some failed
+ 21  none: no source backed up (or the job's ``before`` hook failed, or the repository could not be opened)
+ 22  every source backed up, but a notification could not be delivered and ``notify.fail_on_error`` is set
+A job file that cannot be run exits 2 (usage) before anything runs. 20-22 stay clear of the codes a single
+command uses (1-12), so a script can tell "the job ran, partly" from "the command failed".
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from typing import Any, Literal
 
 from cbtbackup.model.sizes import format_size
 
-EXIT_PARTIAL = 12
-EXIT_NONE = 13
-EXIT_NOTIFY_FAILED = 14
+EXIT_PARTIAL = 20
+EXIT_NONE = 21
+EXIT_NOTIFY_FAILED = 22
 
 Status = Literal["running", "success", "failure"]  # running: what snapshot hooks see
 

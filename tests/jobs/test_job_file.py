@@ -76,7 +76,7 @@ def test_a_repository_that_cannot_be_opened_fails_every_source(cli: RunCli, tmp_
     job = tmp_path / "job.toml"
     job.write_text('[repository]\nlocation = "no-repo-here"\n[[sources]]\npath = "a.img"\n')
     result = cli("run", job, "--json")
-    assert result.code == 13
+    assert result.code == 21
     assert result.json["error"].startswith(f"cannot open the repository {tmp_path / 'no-repo-here'}")
     assert result.json["sources"][0]["error"].startswith("not run: cannot open the repository")
 

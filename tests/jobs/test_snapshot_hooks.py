@@ -79,7 +79,7 @@ def test_after_snapshot_runs_even_when_before_snapshot_or_the_take_fails(cli: Ru
     job.write_text(textwrap.dedent(body).replace("SOURCE", str(image)).replace("PROVIDER", "auto")
                    .replace("BEFORE", "echo half-quiesced; exit 1"))
     result = cli("run", job, "--json")
-    assert result.code == 13
+    assert result.code == 21
     assert result.json["sources"][0]["error"] == "hook before_snapshot failed: exited with 1 (half-quiesced)"
     assert (tmp_path / "released").read_text() == "released\n"
 
@@ -87,5 +87,5 @@ def test_after_snapshot_runs_even_when_before_snapshot_or_the_take_fails(cli: Ru
     job.write_text(textwrap.dedent(body).replace("SOURCE", str(image)).replace("PROVIDER", "blksnap")
                    .replace("BEFORE", "true"))
     result = cli("run", job, "--json")
-    assert result.code == 13 and result.json["sources"][0]["backup_id"] is None
+    assert result.code == 21 and result.json["sources"][0]["backup_id"] is None
     assert (tmp_path / "released").read_text() == "released\n" * 2

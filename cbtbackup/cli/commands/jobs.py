@@ -18,7 +18,7 @@ from cbtbackup.jobs.runner import RunOptions, plan_job, run_job
 @json_option
 def run(job_file: str, dry_run: bool, metrics_file: str | None, as_json: bool) -> None:
     """Run the backup job described in JOB.toml: every source, retention, checks, hooks, notifications,
-    metrics (docs/fleet.md). Exits 0 when every source was backed up, 12 when some were, 13 when none."""
+    metrics (docs/fleet.md). Exits 0 when every source was backed up, 20 when some were, 21 when none."""
     job = load_job(job_file)
     if dry_run:
         lines = plan_job(job)
