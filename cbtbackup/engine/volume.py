@@ -211,6 +211,11 @@ class TrackedVolume:
         with self._write_lock:
             self._tracker.mark_dirty(ranges)
 
+    def reset_tracking(self, reason: str) -> None:
+        """Distrust the tracking: start a new generation, so the next backup reads everything and says why."""
+        with self._write_lock:
+            self._tracker.new_generation(reason)
+
     # -- lifetime ------------------------------------------------------------------------------------------
 
     @property

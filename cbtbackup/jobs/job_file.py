@@ -20,6 +20,7 @@ from cbtbackup.model.durations import parse_age, parse_wait
 from cbtbackup.model.retention import RetentionPolicy
 from cbtbackup.model.sizes import parse_size
 from cbtbackup.pipeline.integrity import Sample
+from cbtbackup.pipeline.tracking_check import UnchangedSample
 
 T = TypeVar("T")
 NotifyWhen = Literal["failure", "success", "always", "never"]
@@ -120,6 +121,8 @@ class SourceSpec:
     ceph_conf: str | None = None
     ceph_id: str | None = None
     keyring: str | None = None
+    # What a CBT incremental re-reads of the blocks reported unchanged, to check the tracking.
+    verify_unchanged: UnchangedSample = dataclasses.field(default_factory=UnchangedSample)
     hooks: Hooks = Hooks()
 
 
@@ -346,6 +349,7 @@ def _source(reader: _Reader) -> SourceSpec:
         ceph_conf=reader.take("ceph_conf", str),
         ceph_id=reader.take("ceph_id", str),
         keyring=reader.take("keyring", str),
+        verify_unchanged=reader.convert("verify_unchanged", UnchangedSample.parse) or UnchangedSample(),
         hooks=_hooks(reader.sub("hooks"), per_source=True),
     )
     from cbtbackup.engine.providers import PROVIDERS  # the engine's list, checked here so nothing runs first

@@ -26,6 +26,8 @@ _PER_SOURCE: list[tuple[str, str, str]] = [  # metric, help, SourceResult attrib
     ("cbtbackup_backup_stored_bytes", "Bytes the last run stored (compressed, new chunks only).", "bytes_stored"),
     ("cbtbackup_backup_deduplicated_bytes", "Changed bytes the last run did not store: the repository held them.",
      "bytes_reused"),
+    ("cbtbackup_backup_tracking_mismatch", "1 if the last run caught the source's change tracking under-reporting "
+     "(that backup scanned instead, and is whole).", "tracking_mismatches"),
 ]
 
 

@@ -42,6 +42,7 @@ class SourceResult:
     notes: list[str] = dataclasses.field(default_factory=list)  # fallbacks, hook and retention lines
     forgotten: int = 0
     verified_bytes: int = 0
+    tracking_mismatches: int = 0  # 1: the provider's tracking under-reported (the backup scanned, and is whole)
     last_success: float | None = None  # when the chain's newest backup was made (this run's, or an earlier)
 
     @property
@@ -61,6 +62,8 @@ class SourceResult:
         what = (f"{self.source}: backup {self.backup_id} ({self.chain}): {self.kind} by {self.method}, "
                 f"{format_size(self.bytes_read)} read, {format_size(self.bytes_stored)} stored "
                 f"in {self.duration_s:.1f} s")
+        if self.tracking_mismatches:
+            what += " (the change tracking under-reported: this backup scanned)"
         return what if self.status == "success" else f"{what}; then failed: {self.error}"
 
     def to_json(self) -> dict[str, Any]:

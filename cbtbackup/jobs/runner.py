@@ -235,6 +235,7 @@ class JobRun:
         result.bytes_read, result.bytes_changed = stats.bytes_scanned, stats.bytes_changed
         result.bytes_stored, result.bytes_reused, result.duration_s = stats.bytes_stored, stats.bytes_reused, \
             stats.duration_s
+        result.tracking_mismatches = stats.tracking_mismatches
         result.notes += backup.notes
         self.keep_by_rules(result)
         self.check_sample(result)
@@ -245,7 +246,7 @@ class JobRun:
         return BackupOptions(source=spec.path, kind=kind, name=spec.chain, provider=spec.provider,
                              state_dir=spec.state_dir, freeze=spec.freeze, diff_storage=spec.diff_storage,
                              diff_storage_limit=spec.diff_storage_limit, wait_lock=self.job.repository.wait_lock,
-                             qmp=spec.qmp, device=spec.device, ceph=ceph)
+                             qmp=spec.qmp, device=spec.device, ceph=ceph, unchanged_sample=spec.verify_unchanged)
 
     def keep_by_rules(self, result: SourceResult) -> None:
         assert self.repo is not None and result.chain is not None

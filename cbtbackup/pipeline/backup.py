@@ -30,6 +30,7 @@ from cbtbackup.pipeline.plan import Extent, aligned_extents, cbt_extents, lost_r
 from cbtbackup.pipeline.progress import NullProgress, Progress
 from cbtbackup.pipeline.scan_compare import PreviousImage
 from cbtbackup.pipeline.synthesize import synthesize
+from cbtbackup.pipeline.tracking_check import TrackingCheck, UnchangedSample, check_unchanged
 from cbtbackup.pipeline.workers import BoundedSubmitter, PipelineConfig
 from cbtbackup.repo.chunk_presence import ChunkPresence
 from cbtbackup.repo.locks import HeldLock
@@ -64,6 +65,8 @@ class BackupOptions:
     qmp: str | None = None  # qemu: a running VM's QMP socket ...
     device: str | None = None  # ... and the node or drive name of the disk in it
     ceph: CephOptions | None = None  # rbd: which cluster, as whom
+    # A CBT incremental re-reads this sample of the blocks reported unchanged (tracking_check.py).
+    unchanged_sample: UnchangedSample = dataclasses.field(default_factory=UnchangedSample)
 
 
 @dataclasses.dataclass
@@ -71,6 +74,7 @@ class BackupResult:
     manifest: Manifest
     notes: list[str]
     synthetic: str | None = None  # the id of a synthetic full made right after this backup
+    tracking_mismatch: str | None = None  # the tracking under-reported: what the check found (then a scan)
 
     def to_json(self) -> dict[str, Any]:
         m, s = self.manifest, self.manifest.stats
@@ -86,6 +90,7 @@ class BackupResult:
             "throughput_mib_s": round(s.bytes_scanned / (1 << 20) / s.duration_s, 1) if s.duration_s else None,
             "notes": self.notes,
             "synthetic_full": self.synthetic,
+            "tracking_mismatch": self.tracking_mismatch,
         }
 
 
@@ -115,7 +120,8 @@ def run_backup(
         hook("snapshot-taking")
         with provider.open_snapshot() as session:
             hook("snapshot-taken")
-            result = backup_session(repo, session, options.kind, name, progress, config, _checked(lock, hook))
+            result = backup_session(repo, session, options.kind, name, progress, config, _checked(lock, hook),
+                                    options.unchanged_sample)
         if options.kind == "incr" and options.synthetic_full_every > 0:
             _maybe_synthesize(repo, result, options.synthetic_full_every, progress)
         return result
@@ -181,7 +187,7 @@ def run_device_group_backup(
         group = provider.open_group()
         try:
             return [backup_session(repo, session, options.kind, chain_for(repo, session.source, None, False),
-                                   progress, config, _checked(lock, no_hook))
+                                   progress, config, _checked(lock, no_hook), options.unchanged_sample)
                     for session in group.sessions]
         finally:
             group.close()
@@ -195,6 +201,7 @@ def backup_session(
     progress: Progress | None = None,
     config: PipelineConfig | None = None,
     hook: Hook = no_hook,
+    unchanged_sample: UnchangedSample | None = None,
 ) -> BackupResult:
     """Back up one taken snapshot into the chain ``name``; the caller owns (and destroys) the snapshot and
     holds the chain's lock."""
@@ -228,7 +235,8 @@ def backup_session(
             f"{prev_manifest.device_size}; run a full backup"
         )
     lost = repo.quarantined_chunks() if prev_map is not None else set()
-    method, extents, total, previous = _plan(session, prev_manifest, prev_map, repo, lost, note)
+    check = _Check(unchanged_sample if unchanged_sample is not None else UnchangedSample())
+    method, extents, total, previous = _plan(session, prev_manifest, prev_map, repo, lost, note, check)
     progress.start(total, f"{'full' if prev_map is None else 'incr'} {name}")
     # Chunks of the chain are known to exist — except those verify found bad or missing.
     known = _digests(prev_map) - lost if prev_map is not None else set()
@@ -240,6 +248,10 @@ def backup_session(
     session.check_intact()  # a snapshot that lost data while it was read must not become a backup
     resolved = own if prev_map is None else overlay(own, prev_map)
     writer.stats.duration_s = round(time.monotonic() - started, 3)
+    writer.stats.bytes_sampled_unchanged = check.result.bytes_checked if check.result else 0
+    lied = check.result is not None and check.result.mismatch is not None
+    mismatch_line = check.result.describe(session.source) if lied and check.result else ""
+    writer.stats.tracking_mismatches = int(lied)
     manifest = Manifest(
         ref=BackupRef.new(name),
         kind="full" if prev_map is None else "incr",
@@ -253,13 +265,17 @@ def backup_session(
         chunk_size=repo.config.chunk_size,
         map_digest=resolved.map_digest(),
         extents=own,
-        cbt=session.cbt.info.checkpoint() if session.cbt else None,
+        # Tracking that lied vouches for nothing: no checkpoint, so the next incremental scans too.
+        cbt=session.cbt.info.checkpoint() if session.cbt and not lied else None,
         stats=writer.stats,
     )
     hook("before-commit")
     repo.save_manifest(manifest)
-    session.committed()
-    return BackupResult(manifest, notes)
+    if lied:  # the tracker keeps a short reason (64 bytes): the whole line is in this backup's notes
+        session.distrust("a backup caught the tracking under-reporting")
+    else:
+        session.committed()
+    return BackupResult(manifest, notes, tracking_mismatch=mismatch_line or None)
 
 
 def _plan(
@@ -269,6 +285,7 @@ def _plan(
     repo: Repository,
     lost: set[bytes],
     note: Any,
+    check: _Check,
 ) -> tuple[str, Iterator[Extent], int, PreviousImage | None]:
     """Method, extents to read, bytes to read, and what a scan compares against."""
     size, chunk_size = session.image.size, repo.config.chunk_size
@@ -283,6 +300,8 @@ def _plan(
             if prev.cbt is not None and prev.cbt.generation_id != session.cbt.info.generation_id \
                     and session.cbt.reset_reason:
                 reason = f"the CBT generation changed since the previous backup ({session.cbt.reset_reason})"
+            elif prev.cbt is None and prev.stats.tracking_mismatches:
+                reason = "the previous backup caught the change tracking under-reporting, so it vouches for nothing"
         if decision_ok and prev.cbt is not None:
             info = session.cbt.info
             runs = list(changed_runs(session.cbt.map, prev.cbt.changes_number))
@@ -290,13 +309,26 @@ def _plan(
             if damaged:  # read again what the chain lost, so this backup stores it anew
                 note(f"re-reading {len(damaged)} range(s) whose chunks verify found bad or missing")
                 runs = merge_runs(runs, damaged)
-            total = sum(min(size, (f + n) * info.block_size) - f * info.block_size for f, n in runs)
-            return "cbt", cbt_extents(runs, info.block_size, size, chunk_size), total, None
-        note(f"scan incremental: {reason}")
+            check.result = check_unchanged(session.image, runs, info.block_size,
+                                           PreviousImage(prev_map, repo.get_chunk, info.block_size, lost),
+                                           repo.chunk_id, check.sample)
+            if check.result.mismatch is None:
+                total = sum(min(size, (f + n) * info.block_size) - f * info.block_size for f, n in runs)
+                return "cbt", cbt_extents(runs, info.block_size, size, chunk_size), total, None
+            note(f"warning: {check.result.describe(session.source)}; this backup reads everything "
+                 f"(scan incremental) and the tracking is reset")
+        else:
+            note(f"scan incremental: {reason}")
     block_size = session.cbt.info.block_size if session.cbt is not None else SCAN_BLOCK
     if prev.cbt is not None:
         block_size = min(block_size, prev.cbt.block_size)
     return "scan", aligned_extents(size, chunk_size), size, PreviousImage(prev_map, repo.get_chunk, block_size, lost)
+
+
+@dataclasses.dataclass
+class _Check:
+    sample: UnchangedSample
+    result: TrackingCheck | None = None
 
 
 def _digests(m: ExtentMap) -> set[bytes]:

@@ -92,6 +92,8 @@ class BackupStats:
     chunks_reused: int = 0
     duration_s: float = 0.0
     bytes_reused: int = 0  # changed data not stored again: the repository already held its chunks
+    bytes_sampled_unchanged: int = 0  # blocks reported unchanged, re-read to check the tracking
+    tracking_mismatches: int = 0  # 1: that check found a change the tracking missed (the backup then scanned)
 
 
 @dataclasses.dataclass

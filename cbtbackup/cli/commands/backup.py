@@ -14,17 +14,21 @@ from cbtbackup.engine.rbd.cluster import CephOptions
 from cbtbackup.model.durations import parse_wait
 from cbtbackup.model.sizes import format_size, parse_size
 from cbtbackup.pipeline.backup import BackupOptions, run_backup, run_device_group_backup
+from cbtbackup.pipeline.tracking_check import UnchangedSample
 
 
 def _backup(repo: str, endpoint_url: str | None, sources: tuple[str, ...], kind: Literal["full", "incr"],
             name: str | None, provider: str, state_dir: str | None, freeze: str | None, diff_storage: str | None,
             diff_storage_limit: str | None, rename_source: bool, wait_lock: str | None, synthetic_every: int,
-            qmp: str | None, device: str | None, ceph: CephOptions, as_json: bool) -> None:
+            qmp: str | None, device: str | None, ceph: CephOptions, verify_unchanged: str | None,
+            as_json: bool) -> None:
+    sample = UnchangedSample.parse(verify_unchanged) if verify_unchanged is not None else UnchangedSample()
     options = BackupOptions(source=sources[0], kind=kind, name=name, provider=provider, state_dir=state_dir,
                             freeze=freeze, diff_storage=diff_storage,
                             diff_storage_limit=parse_size(diff_storage_limit) if diff_storage_limit else None,
                             rename_source=rename_source, wait_lock=parse_wait(wait_lock) if wait_lock else 0.0,
-                            synthetic_full_every=synthetic_every, qmp=qmp, device=device, ceph=ceph)
+                            synthetic_full_every=synthetic_every, qmp=qmp, device=device, ceph=ceph,
+                            unchanged_sample=sample)
     repository = open_repo(repo, endpoint_url)
     if len(sources) == 1:
         results = [run_backup(repository, options, make_progress())]
@@ -68,14 +72,21 @@ def _backup_command(kind: Literal["full", "incr"], doc: str) -> click.Command:
     @click.option("--qmp", metavar="SOCKET",
                   help="qemu: the QMP socket of the VM that runs SOURCE (default: an offline image).")
     @click.option("--device", metavar="NODE", help="qemu: the node name (or drive name) of SOURCE in that VM.")
+    @click.option("--verify-unchanged", metavar="SAMPLE", hidden=kind == "full",
+                  help="A CBT incremental first re-reads this much of what the tracking reports unchanged and "
+                       "compares it with the previous backup; a difference makes it a scan and resets the "
+                       "tracking. A size (4MiB), a share (0.1%) or 0 for off "
+                       f"(default: {UnchangedSample()}).")
     @ceph_options
     @json_option
     def command(repo: str, endpoint_url: str | None, sources: tuple[str, ...], name: str | None, provider: str,
                 state_dir: str | None, freeze: str | None, diff_storage: str | None,
                 diff_storage_limit: str | None, rename_source: bool, wait_lock: str | None, synthetic_every: int,
-                qmp: str | None, device: str | None, ceph: CephOptions, as_json: bool) -> None:
+                qmp: str | None, device: str | None, ceph: CephOptions, verify_unchanged: str | None,
+                as_json: bool) -> None:
         _backup(repo, endpoint_url, sources, kind, name, provider, state_dir, freeze, diff_storage,
-                diff_storage_limit, rename_source, wait_lock, synthetic_every, qmp, device, ceph, as_json)
+                diff_storage_limit, rename_source, wait_lock, synthetic_every, qmp, device, ceph,
+                verify_unchanged, as_json)
 
     return command
 

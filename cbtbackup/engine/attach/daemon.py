@@ -188,6 +188,9 @@ class Daemon:
             if snap is None:
                 raise NotFoundError("no such snapshot")
             return {"error_code": snap.error_code, "failure": snap.failure}
+        if op == "reset-tracking":
+            self.volume.reset_tracking(str(request.get("reason") or "the tracking was reset"))
+            return {}
         if op == "detach":
             if self.loop is not None and (where := system_tools.mounted_at(self.loop)) is not None:
                 raise BusyError(f"{self.loop} is mounted at {where}; unmount it first")

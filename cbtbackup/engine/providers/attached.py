@@ -39,6 +39,9 @@ class AttachedSession(SnapshotSession):
         if int(answer["error_code"]):
             raise SnapshotFailedError("the snapshot overflowed its difference storage during the backup")
 
+    def distrust(self, reason: str) -> None:
+        self._client.call("reset-tracking", reason=reason)
+
     def close(self) -> None:
         try:
             self._reader.close()

@@ -53,6 +53,10 @@ class SnapshotSession(abc.ABC):
     def committed(self) -> None:  # noqa: B027 - most providers keep nothing per backup
         """The backup of this snapshot is in the repository (a provider may now drop older tracking state)."""
 
+    def distrust(self, reason: str) -> None:  # noqa: B027 - a checkpoint not recorded is distrust enough
+        """The backup of this snapshot is in the repository, but the tracking was caught under-reporting:
+        start its tracking anew (instead of :meth:`committed`) where the provider can."""
+
     def __enter__(self) -> Self:
         return self
 

@@ -36,6 +36,9 @@ class UserspaceSession(SnapshotSession):
     def check_intact(self) -> None:
         self._snapshot.check_intact()
 
+    def distrust(self, reason: str) -> None:
+        self._volume.reset_tracking(reason)
+
     def close(self) -> None:
         try:
             self._snapshot.destroy()
