@@ -39,7 +39,8 @@ def test_a_chain_of_full_and_three_incrementals_restores_each_point(
     for round_no in range(3):
         for i in range(6):  # 64 KiB writes spread over the disk, aligned to the bitmap's granularity
             disk.write(((round_no * 7 + i * 13) % 60) * MiB + i * 64 * KiB, 64 * KiB, 0x30 + round_no)
-        incr = cli("incr", "-r", repo, disk.path, "--json")
+        # The tracking check off: its sampled block would be read too, where it lands on allocated data.
+        incr = cli("incr", "-r", repo, disk.path, "--verify-unchanged", "0", "--json")
         assert incr.code == 0, incr.err
         assert incr.json["method"] == "cbt", incr.err
         assert nbd_reads[-1] == 6 * 64 * KiB  # exactly the dirty blocks
@@ -64,7 +65,8 @@ def test_one_percent_of_64k_writes_reads_at_most_two_percent(
         disk.write(block, 64 * KiB, 0x5A)
     incr = cli("incr", "-r", repo, disk.path, "--json")
     assert incr.json["method"] == "cbt"
-    assert nbd_reads[-1] <= 64 * MiB * 2 // 100
+    assert nbd_reads[-1] <= 64 * MiB * 2 // 100  # the changed 1 %, and the tracking check's sample
+    assert incr.json["bytes_sampled_unchanged"] == 2 * 64 * KiB  # 0.1 % of 64 MiB, in whole 64 KiB blocks
     assert restored(cli, repo, incr.json["id"], tmp_path / "out.raw") == bytes(disk.model)
 
 
