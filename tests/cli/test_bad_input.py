@@ -103,3 +103,16 @@ def test_freeze_needs_an_attached_volume(cli: RunCli, repo: Path, make_image: Ma
 def test_several_sources_need_blksnap(cli: RunCli, repo: Path, make_image: MakeImage) -> None:
     cli("full", "-r", repo, make_image(MiB), make_image(MiB), "--provider", "scan").assert_one_line_error(
         2, "need the blksnap provider")
+
+
+@pytest.mark.parametrize(("sample", "message"), [
+    ("lots", "not a size"), ("200%", "from 0% to 100%"), ("-1", "not a size"), ("x%", "not a percentage")])
+def test_a_bad_unchanged_sample_is_one_line_and_backs_up_nothing(cli: RunCli, repo: Path, make_image: MakeImage,
+                                                                sample: str, message: str) -> None:
+    image = make_image(MiB)
+    assert cli("track", image).code == 0
+    assert cli("full", "-r", repo, image).code == 0
+    cli("incr", "-r", repo, image, "--verify-unchanged", sample).assert_one_line_error(2, message)
+    as_json = cli("incr", "-r", repo, image, "--verify-unchanged", sample, "--json")
+    assert as_json.code == 2 and as_json.json["exit_code"] == 2 and message in as_json.json["error"]
+    assert len(cli("list", "-r", repo, "--json").json["backups"]) == 1

@@ -37,6 +37,10 @@ GOOD = """\
     (('location = "repo"', 'place = "repo"'), 1, "'repository.location' is missing"),
     (("[retention]\nkeep_daily = 7\n", "[retention]\n"), 5, "[retention] keeps nothing"),
     (("[[sources]]", "[[source]]"), 7, "unknown key 'source'"),
+    (('path = "disk.img"', 'path = "disk.img"\nverify_unchanged = "lots"'), 9,
+     "'sources.verify_unchanged': 'lots' is not a size"),
+    (('path = "disk.img"', 'path = "disk.img"\nverify_unchanged = 0'), 9,
+     "'sources.verify_unchanged' must be a string, not an integer"),
 ])
 def test_a_bad_job_file_is_one_line_naming_its_line(cli: RunCli, make_image: MakeImage, tmp_path: Path,
                                                    change: tuple[str, str], line: int, message: str) -> None:

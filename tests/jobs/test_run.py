@@ -11,10 +11,12 @@ from pathlib import Path
 
 from cbtbackup.engine import TrackedVolume
 from cbtbackup.jobs.report import EXIT_NONE, EXIT_NOTIFY_FAILED, EXIT_PARTIAL
+from cbtbackup.repo.location import open_repository
 from tests.conftest import MakeImage, RunCli
 from tests.jobs.conftest import StartSmtp, WebhookServer, free_port
 
 MiB = 1 << 20
+KiB = 1 << 10
 
 
 def write_job(where: Path, body: str) -> Path:
@@ -383,3 +385,42 @@ def test_sample_check_finds_a_damaged_chunk(cli: RunCli, make_image: MakeImage, 
     [source] = result.json["sources"]
     assert source["backup_id"] is not None  # the new backup is kept ...
     assert source["error"].startswith(f"sample check of {source['backup_id']}: quarantined")  # ... and reported
+
+
+def test_verify_unchanged_per_source_and_its_metric(cli: RunCli, make_image: MakeImage, tmp_path: Path) -> None:
+    """The job key reaches the backup: "0" re-reads nothing, "100%" every block reported unchanged."""
+    off, whole = make_image(2 * MiB, name="off.img"), make_image(2 * MiB, name="whole.img")
+    repo = tmp_path / "repo"
+    metrics = tmp_path / "job.prom"
+    assert cli("init", "-r", repo, "--encryption", "none").code == 0
+    for image in (off, whole):
+        assert cli("track", image).code == 0
+    job = write_job(tmp_path, f"""\
+        [repository]
+        location = "{repo}"
+        [metrics]
+        file = "{metrics}"
+        [[sources]]
+        path = "{off}"
+        verify_unchanged = "0"
+        [[sources]]
+        path = "{whole}"
+        verify_unchanged = "100%"
+        """)
+    assert cli("run", job).code == 0
+    for image in (off, whole):
+        with TrackedVolume.open(image) as vol:
+            vol.write(MiB + 5, b"one block changed")
+    result = cli("run", job, "--json")
+    assert result.code == 0 and [s["kind"] for s in result.json["sources"]] == ["incr", "incr"]
+    assert [s["tracking_mismatches"] for s in result.json["sources"]] == [0, 0]
+    repository = open_repository(str(repo))
+    sampled = {}
+    for source in result.json["sources"]:
+        manifest = repository.load_manifest(repository.find(source["backup_id"]))
+        assert manifest.method == "cbt"
+        sampled[Path(manifest.source).name] = manifest.stats.bytes_sampled_unchanged
+    assert sampled == {"off.img": 0, "whole.img": 2 * MiB - 64 * KiB}  # all but the one changed block
+    gauges = [float(line.rsplit(" ", 1)[1]) for line in metrics.read_text().splitlines()
+              if line.startswith("cbtbackup_backup_tracking_mismatch{")]
+    assert gauges == [0.0, 0.0]
