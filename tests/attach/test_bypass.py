@@ -113,3 +113,39 @@ def test_a_block_device_is_trusted_only_within_one_attach(
         out = tmp_path / f"restored-{i}.img"
         assert cli("restore", "-r", repo, backup_id, out).code == 0
         assert out.read_bytes() == expected
+
+
+def test_a_clean_detach_keeps_the_tracking_for_the_next_attach(
+    cli: RunCli, attached_image: Attached, tmp_path: Path
+) -> None:
+    """What survives a stop of the daemon (as at a shutdown): detached cleanly, attached again, the next
+    incremental still uses CBT, exact; a write while nothing held the image makes it scan instead."""
+    vol = attached_image
+    vol.attach()
+    repo = tmp_path / "repo"
+    assert cli("init", "-r", repo, "--encryption", "none").code == 0
+    taken: dict[str, bytes] = {}
+
+    def backup(kind: str, method: str) -> None:
+        expected = read_direct(vol.loop)
+        result = cli(kind, "-r", repo, vol.loop, "--json")
+        assert result.code == 0 and result.json["method"] == method, (result.err, result.json)
+        taken[str(result.json["id"])] = expected
+
+    write_direct(vol.loop, 2, os.urandom(MiB))
+    backup("full", "full")
+    assert cli("detach", vol.mountdir).code == 0
+    vol.attach()
+    write_direct(vol.loop, 9, os.urandom(MiB))
+    backup("incr", "cbt")
+    assert cli("detach", vol.mountdir).code == 0
+    with open(vol.image, "r+b") as f:  # while detached: around the tracker
+        f.seek(30 * MiB)
+        f.write(os.urandom(4096))
+    vol.attach()
+    backup("incr", "scan")
+    assert cli("detach", vol.mountdir).code == 0
+    for backup_id, data in taken.items():
+        out = tmp_path / f"{backup_id}.img"
+        assert cli("restore", "-r", repo, backup_id, out).code == 0
+        assert out.read_bytes() == data, backup_id
