@@ -11,6 +11,7 @@ import subprocess
 import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,6 +19,7 @@ from cbtbackup.engine.attach import system_tools
 from cbtbackup.engine.attach.record import AttachRecord
 from tests.conftest import RunCli
 
+MiB = 1 << 20
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 # A real tree of files: a few packages of Python's standard library (about 6 MiB, 600 files).
 TREE_PARTS = ["json", "email", "asyncio", "xml", "logging", "importlib", "concurrent", "http", "urllib",
@@ -126,3 +128,31 @@ class LoopImage:
 def fsck_clean(image: Path) -> tuple[bool, str]:
     done = subprocess.run(["fsck.ext4", "-n", "-f", str(image)], capture_output=True, text=True)
     return done.returncode == 0, done.stdout + done.stderr
+
+
+def read_direct(device: str) -> bytes:
+    """The device's bytes, read past the page cache (what the volume holds right now)."""
+    return subprocess.run(["dd", f"if={device}", "iflag=direct", "bs=1M", "status=none"], check=True,
+                          capture_output=True).stdout
+
+
+def write_direct(device: str, offset_mib: int, data: bytes) -> None:
+    subprocess.run(["dd", f"of={device}", "oflag=direct", "bs=1M", f"seek={offset_mib}", "conv=notrunc",
+                    "status=none"], input=data.ljust(MiB, b"\0"), check=True)
+
+
+def back_up(cli: RunCli, repo: Path, kind: str, device: str, taken: dict[str, bytes]) -> dict[str, Any]:
+    """``kind`` of ``device`` (an attach's loop device), remembering in ``taken`` what it held at the take."""
+    expected = read_direct(device)
+    result = cli(kind, "-r", repo, device, "--json")
+    assert result.code == 0, result.err
+    taken[str(result.json["id"])] = expected
+    return result.json
+
+
+def assert_restores(cli: RunCli, repo: Path, taken: dict[str, bytes], where: Path) -> None:
+    """Every backup in ``taken`` restores to exactly what its device held at the take."""
+    for i, (backup_id, expected) in enumerate(taken.items()):
+        out = where / f"restored-{i}.img"
+        assert cli("restore", "-r", repo, backup_id, out).code == 0
+        assert out.read_bytes() == expected, f"backup {i} ({backup_id}) differs from its take"

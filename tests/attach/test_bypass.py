@@ -11,21 +11,10 @@ from typing import Any
 
 import pytest
 
-from tests.attach.conftest import Attached
+from tests.attach.conftest import Attached, assert_restores, back_up, write_direct
 from tests.conftest import RunCli
 
 MiB = 1 << 20
-
-
-def read_direct(device: str) -> bytes:
-    """The device's bytes, read past the page cache (what the volume holds right now)."""
-    return subprocess.run(["dd", f"if={device}", "iflag=direct", "bs=1M", "status=none"], check=True,
-                          capture_output=True).stdout
-
-
-def write_direct(device: str, offset_mib: int, data: bytes) -> None:
-    subprocess.run(["dd", f"of={device}", "oflag=direct", "bs=1M", f"seek={offset_mib}", "conv=notrunc",
-                    "status=none"], input=data.ljust(MiB, b"\0"), check=True)
 
 
 def test_a_write_into_the_backing_file_of_an_attached_image(
@@ -38,12 +27,9 @@ def test_a_write_into_the_backing_file_of_an_attached_image(
     taken: dict[str, bytes] = {}
 
     def backup(kind: str, method: str) -> dict[str, Any]:
-        expected = read_direct(vol.loop)
-        result = cli(kind, "-r", repo, vol.loop, "--json")
-        assert result.code == 0, result.err
-        assert result.json["method"] == method, result.json["notes"]
-        taken[str(result.json["id"])] = expected
-        return result.json
+        result = back_up(cli, repo, kind, vol.loop, taken)
+        assert result["method"] == method, result["notes"]
+        return result
 
     write_direct(vol.loop, 3, os.urandom(MiB))
     backup("full", "full")
@@ -58,10 +44,7 @@ def test_a_write_into_the_backing_file_of_an_attached_image(
     backup("incr", "cbt")  # watched again from the scan's take on
 
     assert cli("detach", vol.mountdir).code == 0
-    for i, (backup_id, expected) in enumerate(taken.items()):
-        out = tmp_path / f"restored-{i}.img"
-        assert cli("restore", "-r", repo, backup_id, out).code == 0
-        assert out.read_bytes() == expected, f"backup {i} ({backup_id}) differs from its take"
+    assert_restores(cli, repo, taken, tmp_path)
 
 
 @pytest.fixture
@@ -91,11 +74,7 @@ def test_a_block_device_is_trusted_only_within_one_attach(
         vol.attach()
 
         def backup(kind: str) -> dict[str, Any]:
-            expected = read_direct(vol.loop)
-            result = cli(kind, "-r", repo, vol.loop, "--json")
-            assert result.code == 0, result.err
-            taken[str(result.json["id"])] = expected
-            return result.json
+            return back_up(cli, repo, kind, vol.loop, taken)
 
         assert backup("full")["method"] == "full"
         write_direct(vol.loop, 9, os.urandom(MiB))
@@ -109,10 +88,7 @@ def test_a_block_device_is_trusted_only_within_one_attach(
         assert cli("detach", mnt).code == 0
     finally:
         vol.cleanup()
-    for i, (backup_id, expected) in enumerate(taken.items()):
-        out = tmp_path / f"restored-{i}.img"
-        assert cli("restore", "-r", repo, backup_id, out).code == 0
-        assert out.read_bytes() == expected
+    assert_restores(cli, repo, taken, tmp_path)
 
 
 def test_a_clean_detach_keeps_the_tracking_for_the_next_attach(
@@ -127,10 +103,8 @@ def test_a_clean_detach_keeps_the_tracking_for_the_next_attach(
     taken: dict[str, bytes] = {}
 
     def backup(kind: str, method: str) -> None:
-        expected = read_direct(vol.loop)
-        result = cli(kind, "-r", repo, vol.loop, "--json")
-        assert result.code == 0 and result.json["method"] == method, (result.err, result.json)
-        taken[str(result.json["id"])] = expected
+        result = back_up(cli, repo, kind, vol.loop, taken)
+        assert result["method"] == method, result
 
     write_direct(vol.loop, 2, os.urandom(MiB))
     backup("full", "full")
@@ -145,7 +119,4 @@ def test_a_clean_detach_keeps_the_tracking_for_the_next_attach(
     vol.attach()
     backup("incr", "scan")
     assert cli("detach", vol.mountdir).code == 0
-    for backup_id, data in taken.items():
-        out = tmp_path / f"{backup_id}.img"
-        assert cli("restore", "-r", repo, backup_id, out).code == 0
-        assert out.read_bytes() == data, backup_id
+    assert_restores(cli, repo, taken, tmp_path)

@@ -11,8 +11,7 @@ from cbtbackup.engine.providers import AttachedProvider
 from cbtbackup.pipeline.backup import backup_session
 from cbtbackup.pipeline.tracking_check import UnchangedSample
 from cbtbackup.repo.location import open_repository
-from tests.attach.conftest import Attached
-from tests.attach.test_bypass import read_direct, write_direct
+from tests.attach.conftest import Attached, assert_restores, back_up, read_direct, write_direct
 from tests.conftest import RunCli
 from tests.pipeline.test_tracking_check import hide_block
 
@@ -27,10 +26,7 @@ def test_a_caught_lie_resets_the_daemons_tracking(cli: RunCli, attached_image: A
     taken: dict[str, bytes] = {}
 
     write_direct(vol.loop, 3, os.urandom(MiB))
-    expected = read_direct(vol.loop)
-    full = cli("full", "-r", repo, vol.loop, "--json")
-    assert full.code == 0, full.err
-    taken[full.json["id"]] = expected
+    full = back_up(cli, repo, "full", vol.loop, taken)
 
     write_direct(vol.loop, 7, os.urandom(MiB))
     write_direct(vol.loop, 40, os.urandom(MiB))
@@ -39,7 +35,7 @@ def test_a_caught_lie_resets_the_daemons_tracking(cli: RunCli, attached_image: A
     try:
         assert session.cbt is not None
         session.cbt = hide_block(session.cbt, 40 * MiB // session.cbt.info.block_size)  # the lie
-        result = backup_session(open_repository(str(repo)), session, "incr", full.json["name"],
+        result = backup_session(open_repository(str(repo)), session, "incr", full["name"],
                                 unchanged_sample=UnchangedSample(size=None, fraction=1.0))
     finally:
         session.close()
@@ -50,19 +46,12 @@ def test_a_caught_lie_resets_the_daemons_tracking(cli: RunCli, attached_image: A
     assert status.code == 0, status.err
     assert "under-reporting" in str(status.json), status.json  # the daemon's tracker started a new generation
     write_direct(vol.loop, 11, os.urandom(MiB))
-    expected = read_direct(vol.loop)
-    after = cli("incr", "-r", repo, vol.loop, "--json")
-    assert after.code == 0 and after.json["method"] == "scan", after.json
-    assert any("caught the change tracking under-reporting" in n for n in after.json["notes"]), after.json
-    taken[after.json["id"]] = expected
+    after = back_up(cli, repo, "incr", vol.loop, taken)
+    assert after["method"] == "scan", after
+    assert any("caught the change tracking under-reporting" in n for n in after["notes"]), after
     write_direct(vol.loop, 13, os.urandom(MiB))
-    expected = read_direct(vol.loop)
-    again = cli("incr", "-r", repo, vol.loop, "--json")
-    assert again.code == 0 and again.json["method"] == "cbt", again.json
-    taken[again.json["id"]] = expected
+    again = back_up(cli, repo, "incr", vol.loop, taken)
+    assert again["method"] == "cbt", again
 
     assert cli("detach", vol.mountdir).code == 0
-    for backup_id, data in taken.items():
-        out = tmp_path / f"{backup_id}.img"
-        assert cli("restore", "-r", repo, backup_id, out).code == 0
-        assert out.read_bytes() == data, backup_id
+    assert_restores(cli, repo, taken, tmp_path)
