@@ -76,6 +76,9 @@ class Retention:
 class FullPolicy:
     every_backups: int = 0  # a full as every Nth backup of a chain (0: only when the chain has none)
     every_days: float = 0.0  # a full when the chain's last full is older than this (0: never by age)
+    # The backups between fulls are differentials against the last full (``incr --since full``), and each
+    # full keeps what they need (``--keep-base``).
+    differentials: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -288,8 +291,9 @@ def _full(reader: _Reader | None) -> FullPolicy:
     every_days = reader.take("every_days", float, 0.0) or 0.0
     if every_days < 0:
         raise reader.error((*reader.path, "every_days"), "'full.every_days' cannot be negative")
+    differentials = reader.take("differentials", bool, False) or False
     reader.done()
-    return FullPolicy(every_backups, every_days)
+    return FullPolicy(every_backups, every_days, differentials)
 
 
 def _notify(reader: _Reader | None) -> Notify:

@@ -29,6 +29,7 @@ from cbtbackup.model.durations import format_when
 from cbtbackup.model.sizes import format_size
 from cbtbackup.pipeline.backup import BackupOptions, run_backup
 from cbtbackup.pipeline.chains import chain_for, default_name, this_host
+from cbtbackup.pipeline.differential import LAST_FULL
 from cbtbackup.pipeline.forget import ForgetOptions, run_forget
 from cbtbackup.pipeline.integrity import run_verify
 from cbtbackup.pipeline.progress import NullProgress, Progress
@@ -98,7 +99,7 @@ def choose_kind(repo: Repository, chain: str, policy: FullPolicy, now: float) ->
     refs = repo.list_backups(chain)
     if not refs:
         return "full", "the chain has no backup yet"
-    if not (policy.every_backups or policy.every_days):
+    if not (policy.every_backups or policy.every_days or policy.differentials):
         return "incr", f"after {refs[-1].id}"
     since_full = 0
     last_full = None
@@ -114,6 +115,8 @@ def choose_kind(repo: Repository, chain: str, policy: FullPolicy, now: float) ->
         return "full", f"every {policy.every_backups} backups a full ({since_full} incrementals since the last)"
     if policy.every_days and now - last_full.created >= policy.every_days * DAY:
         return "full", f"the last full is from {format_when(last_full.created)}, over {policy.every_days:g} days ago"
+    if policy.differentials:
+        return "incr", f"a differential since the last full {last_full.ref.id}"
     return "incr", f"after {refs[-1].id}"
 
 
@@ -246,7 +249,9 @@ class JobRun:
         return BackupOptions(source=spec.path, kind=kind, name=spec.chain, provider=spec.provider,
                              state_dir=spec.state_dir, freeze=spec.freeze, diff_storage=spec.diff_storage,
                              diff_storage_limit=spec.diff_storage_limit, wait_lock=self.job.repository.wait_lock,
-                             qmp=spec.qmp, device=spec.device, ceph=ceph, unchanged_sample=spec.verify_unchanged)
+                             qmp=spec.qmp, device=spec.device, ceph=ceph, unchanged_sample=spec.verify_unchanged,
+                             since=LAST_FULL if kind == "incr" and self.job.full.differentials else None,
+                             keep_base=kind == "full" and self.job.full.differentials)
 
     def keep_by_rules(self, result: SourceResult) -> None:
         assert self.repo is not None and result.chain is not None

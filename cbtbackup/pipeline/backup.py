@@ -24,6 +24,7 @@ from cbtbackup.errors import CorruptDataError, UsageError
 from cbtbackup.model.checkpoint import CbtCheckpoint
 from cbtbackup.model.extent_map import ZERO_DIGEST, ExtentMap, Piece, overlay
 from cbtbackup.pipeline.chains import candidate_names, chain_for, this_host
+from cbtbackup.pipeline.differential import LAST_FULL, resolve_since
 from cbtbackup.pipeline.hooks import Hook, no_hook
 from cbtbackup.pipeline.packing import ExtentPacker, Pack
 from cbtbackup.pipeline.plan import Extent, aligned_extents, cbt_extents, lost_runs, merge_runs, read_spans
@@ -67,6 +68,8 @@ class BackupOptions:
     ceph: CephOptions | None = None  # rbd: which cluster, as whom
     # A CBT incremental re-reads this sample of the blocks reported unchanged (tracking_check.py).
     unchanged_sample: UnchangedSample = dataclasses.field(default_factory=UnchangedSample)
+    since: str | None = None  # incr: a differential against this earlier backup (an id, or "full")
+    keep_base: bool = False  # qemu, rbd: keep what a later differential against this backup needs
 
 
 @dataclasses.dataclass
@@ -112,19 +115,30 @@ def run_backup(
                                notice=progress.notice, qmp=options.qmp, device=options.device,
                                ceph=options.ceph)
     explicit = check_name(options.name) if options.name else None
+    _check_since(options)
     with _chain_lock(repo, options, candidate_names(provider.source, explicit), progress) as lock:
         name = chain_for(repo, provider.source, explicit, options.rename_source)
+        base = resolve_since(repo, name, options.since) if options.since else None
         if provider.name in ("qemu", "rbd"):  # which bitmaps or snapshot vouch for the writes since, it decides
-            parent = repo.latest(name) if options.kind == "incr" else None
-            cast("QemuProvider", provider).since = _checkpoint_of(repo, parent, provider.source)
+            latest = repo.latest(name)
+            parent = (base or latest) if options.kind == "incr" else None
+            keeper = cast("QemuProvider", provider)
+            keeper.since = _checkpoint_of(repo, parent, provider.source)
+            keeper.newest = _checkpoint_of(repo, latest, provider.source)
+            keeper.keep_base = options.keep_base
         hook("snapshot-taking")
         with provider.open_snapshot() as session:
             hook("snapshot-taken")
             result = backup_session(repo, session, options.kind, name, progress, config, _checked(lock, hook),
-                                    options.unchanged_sample)
+                                    options.unchanged_sample, base)
         if options.kind == "incr" and options.synthetic_full_every > 0:
             _maybe_synthesize(repo, result, options.synthetic_full_every, progress)
         return result
+
+
+def _check_since(options: BackupOptions) -> None:
+    if options.since is not None and options.kind != "incr":
+        raise UsageError("--since is for incr: a full depends on no earlier backup")
 
 
 def _checkpoint_of(repo: Repository, parent: BackupRef | None, source: str) -> CbtCheckpoint | None:
@@ -179,16 +193,26 @@ def run_device_group_backup(
                          "image up with its own command")
     if options.provider not in ("auto", "blksnap"):
         raise UsageError("several sources in one snapshot need the blksnap provider")
+    _check_since(options)
+    if options.since not in (None, LAST_FULL):
+        raise UsageError("several devices go into several chains: --since takes 'full' (each chain's last "
+                         "full) there, not one backup id")
     progress = progress or NullProgress()
     names = [n for device in devices for n in candidate_names(str(Path(device).absolute()), None)]
     with _chain_lock(repo, options, names, progress) as lock:
+        chains = [chain_for(repo, str(Path(device).absolute()), None, False) for device in devices]
+        bases = {c: resolve_since(repo, c, options.since) if options.since else None for c in chains}
         provider = blksnap_group(devices, options.diff_storage, options.diff_storage_limit, freeze=options.freeze,
                                  notice=progress.notice)
         group = provider.open_group()
         try:
-            return [backup_session(repo, session, options.kind, chain_for(repo, session.source, None, False),
-                                   progress, config, _checked(lock, no_hook), options.unchanged_sample)
-                    for session in group.sessions]
+            results = []
+            for session in group.sessions:
+                chain = chain_for(repo, session.source, None, False)
+                results.append(backup_session(repo, session, options.kind, chain, progress, config,
+                                              _checked(lock, no_hook), options.unchanged_sample,
+                                              bases.get(chain)))
+            return results
         finally:
             group.close()
 
@@ -202,19 +226,23 @@ def backup_session(
     config: PipelineConfig | None = None,
     hook: Hook = no_hook,
     unchanged_sample: UnchangedSample | None = None,
+    since: BackupRef | None = None,
 ) -> BackupResult:
     """Back up one taken snapshot into the chain ``name``; the caller owns (and destroys) the snapshot and
-    holds the chain's lock."""
+    holds the chain's lock. ``since``: the base of a differential (default: the chain's newest backup)."""
     progress = progress or NullProgress()
     config = config or PipelineConfig()
     started = time.monotonic()
-    parent = repo.latest(name) if kind == "incr" else None
+    parent = (since or repo.latest(name)) if kind == "incr" else None
     notes: list[str] = []
 
     def note(message: str) -> None:
         notes.append(message)
         progress.notice(message)
 
+    differential = since is not None and since != repo.latest(name)
+    if differential:
+        note(f"differential: the changes since backup {since.id if since else ''}")
     if kind == "incr" and parent is None:
         note(f"no previous backup named {name!r}: taking a full backup")
     size = session.image.size
@@ -236,7 +264,8 @@ def backup_session(
         )
     lost = repo.quarantined_chunks() if prev_map is not None else set()
     check = _Check(unchanged_sample if unchanged_sample is not None else UnchangedSample())
-    method, extents, total, previous = _plan(session, prev_manifest, prev_map, repo, lost, note, check)
+    method, extents, total, previous = _plan(session, prev_manifest, prev_map, repo, lost, note, check,
+                                             f"the base backup {parent.id}" if differential and parent else "")
     progress.start(total, f"{'full' if prev_map is None else 'incr'} {name}")
     # Chunks of the chain are known to exist — except those verify found bad or missing.
     known = _digests(prev_map) - lost if prev_map is not None else set()
@@ -286,8 +315,10 @@ def _plan(
     lost: set[bytes],
     note: Any,
     check: _Check,
+    base_label: str = "",
 ) -> tuple[str, Iterator[Extent], int, PreviousImage | None]:
-    """Method, extents to read, bytes to read, and what a scan compares against."""
+    """Method, extents to read, bytes to read, and what a scan compares against. ``base_label`` names the
+    base of a differential in the lines that say why a scan (default: "the previous backup")."""
     size, chunk_size = session.image.size, repo.config.chunk_size
     if prev is None or prev_map is None:
         return "full", aligned_extents(size, chunk_size), size, None
@@ -318,7 +349,7 @@ def _plan(
             note(f"warning: {check.result.describe(session.source)}; this backup reads everything "
                  f"(scan incremental) and the tracking is reset")
         else:
-            note(f"scan incremental: {reason}")
+            note(f"scan incremental: {reason.replace('the previous backup', base_label) if base_label else reason}")
     block_size = session.cbt.info.block_size if session.cbt is not None else SCAN_BLOCK
     if prev.cbt is not None:
         block_size = min(block_size, prev.cbt.block_size)

@@ -21,14 +21,14 @@ def _backup(repo: str, endpoint_url: str | None, sources: tuple[str, ...], kind:
             name: str | None, provider: str, state_dir: str | None, freeze: str | None, diff_storage: str | None,
             diff_storage_limit: str | None, rename_source: bool, wait_lock: str | None, synthetic_every: int,
             qmp: str | None, device: str | None, ceph: CephOptions, verify_unchanged: str | None,
-            as_json: bool) -> None:
+            since: str | None, keep_base: bool, as_json: bool) -> None:
     sample = UnchangedSample.parse(verify_unchanged) if verify_unchanged is not None else UnchangedSample()
     options = BackupOptions(source=sources[0], kind=kind, name=name, provider=provider, state_dir=state_dir,
                             freeze=freeze, diff_storage=diff_storage,
                             diff_storage_limit=parse_size(diff_storage_limit) if diff_storage_limit else None,
                             rename_source=rename_source, wait_lock=parse_wait(wait_lock) if wait_lock else 0.0,
                             synthetic_full_every=synthetic_every, qmp=qmp, device=device, ceph=ceph,
-                            unchanged_sample=sample)
+                            unchanged_sample=sample, since=since, keep_base=keep_base)
     repository = open_repo(repo, endpoint_url)
     if len(sources) == 1:
         results = [run_backup(repository, options, make_progress())]
@@ -77,16 +77,22 @@ def _backup_command(kind: Literal["full", "incr"], doc: str) -> click.Command:
                        "compares it with the previous backup; a difference makes it a scan and resets the "
                        "tracking. A size (4MiB), a share (0.1%) or 0 for off "
                        f"(default: {UnchangedSample()}).")
+    @click.option("--since", metavar="BACKUP", hidden=kind == "full",
+                  help="A differential: store the changes since this earlier backup of the chain (an id, or "
+                       "'full' for the chain's last full) and make it the new backup's parent.")
+    @click.option("--keep-base", is_flag=True,
+                  help="qemu, rbd: keep the dirty bitmap or snapshot a later 'incr --since' this backup needs "
+                       "(one per chain: the newest such backup). Other providers need no flag.")
     @ceph_options
     @json_option
     def command(repo: str, endpoint_url: str | None, sources: tuple[str, ...], name: str | None, provider: str,
                 state_dir: str | None, freeze: str | None, diff_storage: str | None,
                 diff_storage_limit: str | None, rename_source: bool, wait_lock: str | None, synthetic_every: int,
                 qmp: str | None, device: str | None, ceph: CephOptions, verify_unchanged: str | None,
-                as_json: bool) -> None:
+                since: str | None, keep_base: bool, as_json: bool) -> None:
         _backup(repo, endpoint_url, sources, kind, name, provider, state_dir, freeze, diff_storage,
                 diff_storage_limit, rename_source, wait_lock, synthetic_every, qmp, device, ceph,
-                verify_unchanged, as_json)
+                verify_unchanged, since, keep_base, as_json)
 
     return command
 

@@ -30,9 +30,10 @@ def names(node: str) -> tuple[str, str, str]:
 
 class PointInTimeExport:
     def __init__(self, qmp: Qmp, node: str, size: int, workdir: Path, new_bitmap: str, frozen: list[str],
-                 fleece: bool = True) -> None:
+                 fleece: bool = True, also: list[dict[str, Any]] | None = None) -> None:
         """``fleece`` False: nothing else can write the node (a storage daemon cbtbackup holds the image lock
-        of), so the node itself is exported and no overlay is needed."""
+        of), so the node itself is exported and no overlay is needed. ``also``: more bitmap actions for the
+        same instant (a base's frozen copy, a new base)."""
         self.qmp, self.node = qmp, node
         self.overlay_node, self.job, self.export = names(node)
         self.socket = workdir / "nbd.sock"
@@ -41,8 +42,9 @@ class PointInTimeExport:
         try:
             actions: list[dict[str, Any]] = [{"type": "block-dirty-bitmap-add", "data": {
                 "node": node, "name": new_bitmap, "persistent": True, "granularity": GRANULARITY}}]
+            actions += also or []
             actions += [{"type": "block-dirty-bitmap-disable", "data": {"node": node, "name": name}}
-                        for name in frozen]
+                        for name in frozen if not any(a["data"].get("name") == name for a in also or [])]
             if fleece:
                 subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(self._overlay), str(size)],
                                check=True, capture_output=True)

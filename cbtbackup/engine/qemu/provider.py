@@ -47,6 +47,8 @@ class QemuSession(SnapshotSession):
         self.source = provider.source
         self._notice = provider.notice
         self._committed = False
+        self._copy: str | None = None  # the frozen copy of a base this backup reads (a differential)
+        self.new_base: str | None = None  # the base this backup adds (``--keep-base``)
         self._workdir = Path(tempfile.mkdtemp(prefix="cbtbackup-qemu-", dir=provider.work_root))
         self._daemon: StorageDaemon | None = None
         self._export: fleecing.PointInTimeExport | None = None
@@ -79,11 +81,26 @@ class QemuSession(SnapshotSession):
             provider.notice(f"removed what a killed backup left in QEMU: {', '.join(removed)}")
         node = self.qmp.node(self.node)
         size = int(node["image"]["virtual-size"])
-        plan = bitmaps.plan_chain(bitmaps.ours(node), provider.since, self.node)
+        self._drop_leftovers(node, provider.newest)
+        node = self.qmp.node(self.node)
+        plan = bitmaps.plan_chain(bitmaps.ours(node), provider.since, self.node, bitmaps.bases(node))
         self.new_bitmap = bitmaps.bitmap_name(plan.generation, plan.number)
         frozen = [b.name for b in plan.since]
+        also: list[dict[str, Any]] = []
+        if plan.base is not None:  # the base keeps recording; the export reads a copy frozen at this instant
+            self._copy = bitmaps.copy_name(plan.generation, plan.number)
+            frozen = [self._copy]
+            also += [{"type": "block-dirty-bitmap-add", "data": {
+                         "node": self.node, "name": self._copy, "persistent": False, "disabled": True,
+                         "granularity": bitmaps.GRANULARITY}},
+                     {"type": "block-dirty-bitmap-merge", "data": {
+                         "node": self.node, "target": self._copy, "bitmaps": [plan.base.name]}}]
+        if provider.keep_base:
+            self.new_base = bitmaps.base_name(plan.generation, plan.number)
+            also.append({"type": "block-dirty-bitmap-add", "data": {
+                "node": self.node, "name": self.new_base, "persistent": True, "granularity": bitmaps.GRANULARITY}})
         self._export = fleecing.PointInTimeExport(self.qmp, self.node, size, self._workdir, self.new_bitmap,
-                                                  frozen, fleece=self._daemon is None)
+                                                  frozen, fleece=self._daemon is None, also=also)
         self._client = NbdClient(str(self._export.socket), self._export.export, tuple(frozen))
         self.image = NbdImage(self._client)
         block = bitmaps.GRANULARITY
@@ -106,9 +123,29 @@ class QemuSession(SnapshotSession):
         are removed once the export that publishes them is gone)."""
         self._committed = True
 
+    def _drop_leftovers(self, node: dict[str, Any], newest: CbtCheckpoint | None) -> None:
+        """A killed run's frozen copies, and bases it added past the chain's newest backup (no backup is
+        theirs): removed before planning, so they are neither trusted nor kept."""
+        doomed = bitmaps.copies(node)
+        if newest is not None:
+            doomed += [b.name for b in bitmaps.bases(node)
+                       if b.generation == newest.generation_id and b.number > newest.changes_number]
+        if doomed:
+            self.qmp.transaction([{"type": "block-dirty-bitmap-remove", "data": {"node": self.node, "name": name}}
+                                  for name in doomed])
+
     def _remove_stale_bitmaps(self) -> None:
+        """After a commit: the chain's older bitmaps and, when this backup added a base, the older bases;
+        after a failure: the base this run added. The frozen copy goes either way."""
         try:
-            stale = [b.name for b in bitmaps.ours(self.qmp.node(self.node)) if b.name != self.new_bitmap]
+            node = self.qmp.node(self.node)
+            stale = [self._copy] if self._copy else []
+            if self._committed:
+                stale += [b.name for b in bitmaps.ours(node) if b.name != self.new_bitmap]
+                if self.new_base is not None:
+                    stale += [b.name for b in bitmaps.bases(node) if b.name != self.new_base]
+            elif self.new_base is not None:
+                stale += [b.name for b in bitmaps.bases(node) if b.name == self.new_base]
             if stale:
                 self.qmp.transaction([{"type": "block-dirty-bitmap-remove",
                                        "data": {"node": self.node, "name": name}} for name in stale])
@@ -122,7 +159,7 @@ class QemuSession(SnapshotSession):
         if self._export is not None:
             self._export.close()
             self._export = None
-        if self._committed:
+        if hasattr(self, "qmp") and (self._committed or self._copy or self.new_base):
             self._remove_stale_bitmaps()
         if self._daemon is not None:
             self._daemon.stop()
@@ -160,6 +197,8 @@ class QemuProvider:
         self.work_root = work_root or os.environ.get("CBTBACKUP_QEMU_WORKDIR") or "/var/tmp"
         self.notice: Notice = notice or (lambda _: None)
         self.since: CbtCheckpoint | None = None  # the chain's previous checkpoint, set before open_snapshot
+        self.keep_base = False  # add a base bitmap for later differentials (``--keep-base``)
+        self.newest: CbtCheckpoint | None = None  # the chain's newest backup's checkpoint (to find leftovers)
 
     def open_snapshot(self) -> QemuSession:
         return QemuSession(self)

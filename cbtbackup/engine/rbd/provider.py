@@ -6,8 +6,10 @@ incremental whose previous snapshot still vouches, asks librbd which extents cha
 only those are asked for their exact extents). The CBT map the planner reads marks the blocks those extents touch;
 extents the diff reports as gone (discarded or zeroed) and, for a full or a scan, everything the snapshot
 does not allocate are read as zeros without asking the cluster. Once the backup is in the repository the
-older snapshots are removed, so an image carries one cbtbackup snapshot between backups; a backup that
-fails removes the snapshot it took, and the previous one stays the base.
+older snapshots are removed, so an image carries one cbtbackup snapshot between backups — two where a
+backup was taken with ``--keep-base``: its snapshot (named ``…-base``) stays for differentials against it
+until a newer ``--keep-base`` backup replaces it. A backup that fails removes the snapshot it took, and the
+previous ones stay.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from cbtbackup.engine.cbt import CbtInfo
 from cbtbackup.engine.providers.base import CbtState, SnapshotSession
 from cbtbackup.engine.rbd.cluster import CephOptions, Cluster, ceph_error
 from cbtbackup.engine.rbd.names import RbdSpec, parse_rbd
-from cbtbackup.engine.rbd.snapshots import ImageIdentity, SnapshotPlan, ours, plan_snapshot
+from cbtbackup.engine.rbd.snapshots import ImageIdentity, SnapshotPlan, leftovers, ours, plan_snapshot
 from cbtbackup.engine.zero_ranges import ZeroRangesImage, complement
 from cbtbackup.errors import CbtError, NotFoundError, SnapshotFailedError
 from cbtbackup.model.checkpoint import CbtCheckpoint
@@ -38,6 +40,7 @@ class RbdSession(SnapshotSession):
         self.spec = provider.spec
         self._notice = provider.notice
         self._committed = False
+        self._keep_base = provider.keep_base
         self._taken: str | None = None
         self._head: Any = None
         self._snap: Any = None
@@ -47,7 +50,7 @@ class RbdSession(SnapshotSession):
         self._errors = self._cluster.errors()
         try:
             self._ioctx = self._cluster.ioctx(self.spec)
-            self._take(provider.since)
+            self._take(provider.since, provider.newest)
         except self._errors as e:
             self.close()
             raise ceph_error(e, f"cannot snapshot {self.spec}") from None
@@ -55,7 +58,7 @@ class RbdSession(SnapshotSession):
             self.close()
             raise
 
-    def _take(self, since: CbtCheckpoint | None) -> None:
+    def _take(self, since: CbtCheckpoint | None, newest: CbtCheckpoint | None) -> None:
         rbd = self._cluster.rbd
         try:
             self._head = rbd.Image(self._ioctx, self.spec.image)
@@ -64,7 +67,10 @@ class RbdSession(SnapshotSession):
         identity = ImageIdentity(self._cluster.fsid, self._ioctx.get_pool_id(), self.spec.namespace,
                                  self._head.id())
         snapshots = ours([s["name"] for s in self._head.list_snaps()])
-        plan = plan_snapshot(snapshots, since, identity, str(self.spec))
+        for leftover in leftovers(snapshots, newest, identity):
+            self._head.remove_snap(leftover.name)
+            snapshots.remove(leftover)
+        plan = plan_snapshot(snapshots, since, identity, str(self.spec), self._keep_base)
         if any(s.name == plan.new_name for s in snapshots):  # left by a run that was killed
             self._head.remove_snap(plan.new_name)
         self._head.create_snap(plan.new_name)
@@ -144,14 +150,18 @@ class RbdSession(SnapshotSession):
         self._committed = True
 
     def _remove_snapshots(self) -> None:
-        """After a commit, every older snapshot of ours; after a failure, the one this run took."""
+        """After a commit, every older snapshot of ours but a kept base (unless this backup is the new base);
+        after a failure, the one this run took."""
         if self._head is None or self._taken is None:
             return
         try:
-            names = [s.name for s in ours([s["name"] for s in self._head.list_snaps()])]
+            snapshots = ours([s["name"] for s in self._head.list_snaps()])
         except self._errors:
-            names = [self._taken]
-        doomed = [n for n in names if n != self._taken] if self._committed else [self._taken]
+            snapshots = []
+        if self._committed:
+            doomed = [s.name for s in snapshots if s.name != self._taken and (self._keep_base or not s.base)]
+        else:
+            doomed = [self._taken]
         for name in doomed:
             try:
                 self._head.remove_snap(name)
@@ -188,6 +198,8 @@ class RbdProvider:
         self.ceph = ceph or CephOptions()
         self.notice: Notice = notice or (lambda _: None)
         self.since: CbtCheckpoint | None = None  # the chain's previous checkpoint, set before open_snapshot
+        self.keep_base = False  # keep this backup's snapshot for later differentials (``--keep-base``)
+        self.newest: CbtCheckpoint | None = None  # the chain's newest backup's checkpoint (to find leftovers)
 
     def open_snapshot(self) -> RbdSession:
         return RbdSession(self)
