@@ -349,7 +349,11 @@ def _plan(
             note(f"warning: {check.result.describe(session.source)}; this backup reads everything "
                  f"(scan incremental) and the tracking is reset")
         else:
-            note(f"scan incremental: {reason.replace('the previous backup', base_label) if base_label else reason}")
+            if base_label:
+                reason = reason.replace("the previous backup", base_label)
+                if session.provider in ("qemu", "rbd"):
+                    reason += f" ({session.provider} keeps what a differential needs only for --keep-base backups)"
+            note(f"scan incremental: {reason}")
     block_size = session.cbt.info.block_size if session.cbt is not None else SCAN_BLOCK
     if prev.cbt is not None:
         block_size = min(block_size, prev.cbt.block_size)

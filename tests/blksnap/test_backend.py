@@ -331,3 +331,27 @@ def test_detach_is_refused_while_a_snapshot_holds_the_device(
 
 def dev_rdev(path: str) -> int:
     return os.stat(path).st_rdev
+
+
+def test_a_differential_reads_every_block_changed_since_its_base(
+    cli: RunCli, repo: Path, make_device: MakeDevice, simulator: KernelSimulator, tmp_path: Path
+) -> None:
+    """The module's map keeps the number of the snapshot each block last changed in: enough for a
+    differential against any earlier backup of the generation."""
+    dev = make_device()
+    storage = tmp_path / "diff"
+    storage.mkdir()
+    args = ("--provider", "blksnap", "--diff-storage", storage, "--json", "--verify-unchanged", "0")
+    full = cli("full", "-r", repo, dev, *args[:-2])
+    assert full.code == 0, full.err
+    for block in (3, 40):
+        simulator.write(dev, block * 65536, os.urandom(65536))
+        assert cli("incr", "-r", repo, dev, *args).json["bytes_scanned"] == 65536
+    simulator.write(dev, 90 * 65536, os.urandom(65536))
+    diff = cli("incr", "-r", repo, dev, "--since", "full", *args)
+    assert diff.code == 0, diff.err
+    assert (diff.json["method"], diff.json["parent"], diff.json["bytes_scanned"]) == \
+        ("cbt", full.json["id"], 3 * 65536)
+    out = tmp_path / "r.img"
+    assert cli("restore", "-r", repo, diff.json["id"], out).code == 0
+    assert out.read_bytes() == read_device(dev)

@@ -131,7 +131,8 @@ def test_a_write_around_the_tracker_makes_the_differential_a_scan(
     assert diff.code == 0, diff.err
     lines = diff.err.strip().splitlines()
     assert lines[0] == f"cbtbackup: differential: the changes since backup {full['id']}"
-    assert len(lines) == 2 and lines[1].startswith("cbtbackup: scan incremental: ") and f"base backup {full['id']}" in lines[1]
+    assert len(lines) == 2 and lines[1].startswith("cbtbackup: scan incremental: ")
+    assert f"the base backup {full['id']}" in lines[1]
     assert (diff.json["method"], diff.json["parent"]) == ("scan", full["id"])
     assert_restores(cli, repo, {str(diff.json["id"]): image.read_bytes()}, tmp_path)
 

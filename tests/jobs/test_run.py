@@ -424,3 +424,49 @@ def test_verify_unchanged_per_source_and_its_metric(cli: RunCli, make_image: Mak
     gauges = [float(line.rsplit(" ", 1)[1]) for line in metrics.read_text().splitlines()
               if line.startswith("cbtbackup_backup_tracking_mismatch{")]
     assert gauges == [0.0, 0.0]
+
+
+def test_full_with_differentials_between(cli: RunCli, make_image: MakeImage, tmp_path: Path) -> None:
+    """A weekly full and daily differentials: every backup between two fulls has the last full as parent."""
+    image = make_image(2 * MiB)
+    repo = tmp_path / "repo"
+    assert cli("init", "-r", repo).code == 0
+    assert cli("track", image).code == 0
+    job = write_job(tmp_path, f"""\
+        [repository]
+        location = "{repo}"
+        [full]
+        every_backups = 3
+        differentials = true
+        [[sources]]
+        path = "{image}"
+        chain = "weekly"
+        """)
+    rng = random.Random(28)
+    expected = {}
+    for _ in range(4):
+        result = cli("run", job, "--json")
+        assert result.code == 0, result.err
+        expected[result.json["sources"][0]["backup_id"]] = image.read_bytes()
+        scribble(image, rng)
+    plan = cli("run", job, "--dry-run")
+    backups = cli("list", "-r", repo, "--json").json["backups"]
+    assert [(b["kind"], b["method"]) for b in backups] == [("full", "full"), ("incr", "cbt"), ("incr", "cbt"),
+                                                            ("full", "full")]
+    assert backups[1]["parent"] == backups[2]["parent"] == backups[0]["id"]
+    assert f"incr (a differential since the last full {backups[3]['id']})" in plan.out
+    for backup_id, content in expected.items():
+        assert cli("restore", "-r", repo, backup_id, tmp_path / backup_id).code == 0
+        assert (tmp_path / backup_id).read_bytes() == content
+
+
+def test_differentials_must_be_true_or_false(cli: RunCli, tmp_path: Path) -> None:
+    job = write_job(tmp_path, """\
+        [repository]
+        location = "/tmp/nowhere"
+        [full]
+        differentials = "yes"
+        [[sources]]
+        path = "/tmp/x.img"
+        """)
+    cli("run", job).assert_one_line_error(2, "full.differentials")

@@ -44,6 +44,7 @@ def test_full_and_cbt_incrementals_restore_exactly(
     assert full.code == 0, full.err
     assert (full.json["provider"], full.json["method"]) == ("blksnap", "full")
     points = [(full.json["id"], read_device(dev))]
+    scanned: list[int] = []
     for round_no in range(2):
         for i in range(5):  # five 64 KiB writes, each spanning at most two tracking blocks
             write_device(dev, ((round_no * 5 + i) * 1531 * 1024) % (15 * MiB), os.urandom(64 << 10))
@@ -52,6 +53,13 @@ def test_full_and_cbt_incrementals_restore_exactly(
         assert incr.json["method"] == "cbt", incr.err
         assert 0 < incr.json["bytes_scanned"] <= 10 * (64 << 10)
         points.append((incr.json["id"], read_device(dev)))
+        scanned.append(incr.json["bytes_scanned"])
+    # A differential against the full: the module's per-block change numbers give both rounds' blocks.
+    diff = cli("incr", "-r", repo, dev, "--since", "full", *blksnap_args(storage))
+    assert diff.code == 0, diff.err
+    assert (diff.json["method"], diff.json["parent"]) == ("cbt", full.json["id"])
+    assert max(scanned) < diff.json["bytes_scanned"] <= sum(scanned)
+    points.append((diff.json["id"], read_device(dev)))
     for i, (backup_id, expected) in enumerate(points):
         out = scratch / f"restored{i}.img"
         assert cli("restore", "-r", repo, backup_id, out).code == 0
