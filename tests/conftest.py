@@ -29,6 +29,14 @@ def repository_passphrase(monkeypatch: pytest.MonkeyPatch) -> str:
     return PASSPHRASE
 
 
+@pytest.fixture(autouse=True)
+def attach_registry(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """What attach records for the boot unit goes to the test's own folder, never to this host's."""
+    where = tmp_path / "attach-registry"
+    monkeypatch.setenv("CBTBACKUP_ATTACH_REGISTRY", str(where))
+    return where
+
+
 @pytest.fixture
 def make_image(tmp_path: Path) -> MakeImage:
     """A factory of image files filled with random bytes (or zeros), ``size`` bytes long."""

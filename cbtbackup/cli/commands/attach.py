@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from cbtbackup.cli.app import emit, json_option
+from cbtbackup.engine.attach import registry
 from cbtbackup.engine.attach.client import announce_ready, detach, start_daemon, status
 from cbtbackup.engine.attach.daemon import AttachOptions, Daemon
 from cbtbackup.engine.attach.record import AttachRecord
@@ -15,6 +16,15 @@ from cbtbackup.engine.attach.record import AttachRecord
 def _attached_lines(record: AttachRecord) -> list[str]:
     where = f"{record.mountdir}/volume" + (f" and {record.loop}" if record.loop else "")
     return [f"attached {record.image} as {where} (pid {record.pid})"]
+
+
+def _remember(options: AttachOptions) -> None:
+    """Record the attach for ``track --reattach-all``; the volume is served either way."""
+    try:
+        registry.remember(registry.Entry(options.image, options.mountdir, options.loop, options.state_dir))
+    except OSError as e:
+        click.echo(f"cbtbackup: warning: {options.image} will not be attached again at boot: cannot record it in "
+                   f"{registry.registry_dir()}: {e.strerror or e}", err=True)
 
 
 @click.command()
@@ -31,15 +41,17 @@ def attach(image: str, mountdir: str, loop: bool, foreground: bool, state_dir: s
     options = AttachOptions(image=image, mountdir=mountdir, loop=loop, state_dir=state_dir)
     if not foreground:
         record = start_daemon(options)
+        _remember(options)
         emit(as_json, record.__dict__, _attached_lines(record))
         return
     daemon = Daemon(options)
     daemon.prepare()
 
     def ready(record: AttachRecord) -> None:
-        if ready_line:
+        if ready_line:  # started by a background attach, which records it
             announce_ready(record, Path(record.state_dir) / "attach.log")
         else:
+            _remember(options)
             emit(as_json, record.__dict__, _attached_lines(record))
 
     daemon.run(ready)
@@ -51,6 +63,7 @@ def attach(image: str, mountdir: str, loop: bool, foreground: bool, state_dir: s
 def detach_command(mountdir: str, as_json: bool) -> None:
     """Flush and stop serving the volume attached at MOUNTDIR: loop device, mount, tracker."""
     record = detach(mountdir)
+    registry.forget(record.image)  # detached on purpose: not attached again at boot
     emit(as_json, record.__dict__, [f"detached {record.image} from {record.mountdir}"])
 
 
