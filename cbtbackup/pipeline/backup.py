@@ -14,11 +14,25 @@ import threading
 import time
 from array import array
 from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from cbtbackup.engine.cbt import changed_runs, plan_incremental
-from cbtbackup.engine.providers import SnapshotSession, blksnap_group, choose_provider
+from cbtbackup.engine.providers import (
+    AttachedProvider,
+    BlksnapProvider,
+    Provider,
+    SnapshotSession,
+    UserspaceProvider,
+    blksnap_group,
+    choose_provider,
+)
+from cbtbackup.engine.providers.group import (
+    AttachedGroup,
+    SnapshotGroup,
+    UserspaceGroup,
+    check_one_kind,
+    describe,
+)
 from cbtbackup.engine.rbd.names import is_rbd
 from cbtbackup.errors import CorruptDataError, UsageError
 from cbtbackup.model.checkpoint import CbtCheckpoint
@@ -178,43 +192,65 @@ def _maybe_synthesize(repo: Repository, result: BackupResult, every: int, progre
         progress.notice(message)
 
 
-def run_device_group_backup(
+def run_group_backup(
     repo: Repository,
     options: BackupOptions,
-    devices: list[str],
+    sources: list[str],
     progress: Progress | None = None,
     config: PipelineConfig | None = None,
+    hook: Hook = no_hook,
 ) -> list[BackupResult]:
-    """Several block devices in one blksnap snapshot (one instant), each into its own chain."""
+    """Several sources of one provider taken at one instant (a consistency group), each into its own chain.
+
+    Hook points as :func:`run_backup`'s, once for the group (``before-commit`` once per member)."""
     if options.name:
-        raise UsageError("--name names one chain; with several devices each is named after its device")
-    if any(is_rbd(device) for device in devices):
+        raise UsageError("--name names one chain; in a group each source goes into its own chain")
+    if any(is_rbd(source) for source in sources):
         raise UsageError("several RBD images at one instant are not supported yet (docs/ceph.md); back each "
                          "image up with its own command")
-    if options.provider not in ("auto", "blksnap"):
-        raise UsageError("several sources in one snapshot need the blksnap provider")
+    if options.provider not in ("auto", "userspace", "blksnap"):
+        raise UsageError(f"a group at one instant needs the userspace or blksnap provider, not "
+                         f"{options.provider}")
     _check_since(options)
     if options.since not in (None, LAST_FULL):
-        raise UsageError("several devices go into several chains: --since takes 'full' (each chain's last "
-                         "full) there, not one backup id")
+        raise UsageError("the sources of a group go into several chains: --since takes 'full' (each chain's "
+                         "last full) there, not one backup id")
     progress = progress or NullProgress()
-    names = [n for device in devices for n in candidate_names(str(Path(device).absolute()), None)]
+    providers = [choose_provider(source, options.provider, state_dir=options.state_dir, freeze=options.freeze,
+                                 diff_storage=options.diff_storage,
+                                 diff_storage_limit=options.diff_storage_limit, notice=progress.notice)
+                 for source in sources]
+    check_one_kind(providers)
+    if not isinstance(providers[0], (AttachedProvider, UserspaceProvider, BlksnapProvider)):
+        raise UsageError(f"{describe(providers[0])} cannot be taken in a group with others; back each source "
+                         "up with its own command")
+    names = [n for p in providers for n in candidate_names(p.source, None)]
     with _chain_lock(repo, options, names, progress) as lock:
-        chains = [chain_for(repo, str(Path(device).absolute()), None, False) for device in devices]
-        bases = {c: resolve_since(repo, c, options.since) if options.since else None for c in chains}
-        provider = blksnap_group(devices, options.diff_storage, options.diff_storage_limit, freeze=options.freeze,
-                                 notice=progress.notice)
-        group = provider.open_group()
+        chains = {p.source: chain_for(repo, p.source, None, False) for p in providers}
+        bases = {c: resolve_since(repo, c, options.since) if options.since else None for c in chains.values()}
+        hook("snapshot-taking")
+        group = _open_group(providers, options, progress)
         try:
+            hook("snapshot-taken")
             results = []
             for session in group.sessions:
-                chain = chain_for(repo, session.source, None, False)
+                chain = chains[session.source]
                 results.append(backup_session(repo, session, options.kind, chain, progress, config,
-                                              _checked(lock, no_hook), options.unchanged_sample,
-                                              bases.get(chain)))
+                                              _checked(lock, hook), options.unchanged_sample, bases[chain]))
             return results
         finally:
             group.close()
+
+
+def _open_group(providers: list[Provider], options: BackupOptions, progress: Progress) -> SnapshotGroup:
+    first = providers[0]
+    if isinstance(first, AttachedProvider):
+        return AttachedGroup(cast("list[AttachedProvider]", providers))
+    if isinstance(first, UserspaceProvider):
+        return UserspaceGroup(cast("list[UserspaceProvider]", providers))
+    devices = [d for p in cast("list[BlksnapProvider]", providers) for d in p.devices]
+    return blksnap_group(devices, options.diff_storage, options.diff_storage_limit, freeze=options.freeze,
+                         notice=progress.notice).open_group()
 
 
 def backup_session(

@@ -13,7 +13,7 @@ from cbtbackup.engine.providers import PROVIDERS
 from cbtbackup.engine.rbd.cluster import CephOptions
 from cbtbackup.model.durations import parse_wait
 from cbtbackup.model.sizes import format_size, parse_size
-from cbtbackup.pipeline.backup import BackupOptions, run_backup, run_device_group_backup
+from cbtbackup.pipeline.backup import BackupOptions, run_backup, run_group_backup
 from cbtbackup.pipeline.tracking_check import UnchangedSample
 
 
@@ -33,7 +33,7 @@ def _backup(repo: str, endpoint_url: str | None, sources: tuple[str, ...], kind:
     if len(sources) == 1:
         results = [run_backup(repository, options, make_progress())]
     else:
-        results = run_device_group_backup(repository, options, list(sources), make_progress())
+        results = run_group_backup(repository, options, list(sources), make_progress())
     lines = []
     for result in results:
         m, s = result.manifest, result.manifest.stats

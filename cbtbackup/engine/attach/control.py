@@ -36,6 +36,7 @@ class Connection:
         self.sock = sock
         self._reader = sock.makefile("rb")
         self.snapshots: list[str] = []  # owned by this connection (daemon side)
+        self.holds: list[str] = []  # write holds this connection asked for (daemon side): resumed when it closes
 
     def send(self, message: dict[str, Any]) -> None:
         self.sock.sendall(json.dumps(message).encode() + b"\n")

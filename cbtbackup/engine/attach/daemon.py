@@ -27,7 +27,7 @@ from cbtbackup.engine.attach.record import RECORD_NAME, VOLUME_FILE, AttachRecor
 from cbtbackup.engine.errors import VolumeLockedError
 from cbtbackup.engine.snapshot import Snapshot
 from cbtbackup.engine.volume import TrackedVolume, default_state_dir
-from cbtbackup.errors import BusyError, CbtError, NotFoundError, UsageError
+from cbtbackup.errors import BusyError, CbtError, NotFoundError, SnapshotFailedError, UsageError
 
 
 class AttachError(UsageError):
@@ -180,6 +180,13 @@ class Daemon:
             return self._status()
         if op == "snapshot":
             return self._snapshot(request, conn)
+        if op == "hold":
+            token = self.fs.gate.hold()
+            conn.holds.append(token)
+            return {"token": token}
+        if op == "resume":
+            self.fs.gate.resume(str(request.get("token")))
+            return {}
         if op == "release":
             self._release(str(request.get("name")))
             return {}
@@ -206,6 +213,9 @@ class Daemon:
 
     def _snapshot(self, request: dict[str, Any], conn: Connection) -> dict[str, Any]:
         name = secrets.token_hex(6)
+        hold = request.get("hold")
+        if hold is not None and not self.fs.gate.holding(str(hold)):
+            raise SnapshotFailedError("the group's write hold ended before this volume was taken (held too long)")
         snap = Snapshot.create([self.volume], request.get("diff_storage"), request.get("limit"))
         try:
             with system_tools.frozen(request.get("freeze")):
@@ -230,5 +240,7 @@ class Daemon:
             snap.destroy()
 
     def _release_all(self, conn: Connection) -> None:
+        for token in conn.holds:  # a backup that died between hold and resume never stalls the volume
+            self.fs.gate.resume(token)
         for name in conn.snapshots:
             self._release(name)

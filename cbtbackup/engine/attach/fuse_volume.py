@@ -15,6 +15,7 @@ import threading
 import time
 from typing import Any
 
+from cbtbackup.engine.attach.write_gate import WriteGate
 from cbtbackup.engine.snapshot import SnapshotImage
 from cbtbackup.engine.volume import TrackedVolume
 from cbtbackup.errors import CbtError
@@ -39,6 +40,7 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
         self._images: dict[str, SnapshotImage] = {}
         self._lock = threading.Lock()
         self._now = time.time_ns()
+        self.gate = WriteGate()  # a group take holds the writes here for a moment (write_gate.py)
 
     # -- snapshots exposed for backups ---------------------------------------------------------------------
 
@@ -111,10 +113,13 @@ class VolumeFS(mfusepy.Operations):  # type: ignore[misc]
             raise mfusepy.FuseOSError(errno.EROFS)
         if offset + len(data) > self.volume.size:
             raise mfusepy.FuseOSError(errno.ENOSPC)  # a block device does not grow
+        self.gate.enter()
         try:
             self.volume.write(offset, data)
         except CbtError:
             raise mfusepy.FuseOSError(errno.EIO) from None
+        finally:
+            self.gate.leave()
         return len(data)
 
     def truncate(self, path: str, length: int, fh: int | None = None) -> int:

@@ -17,11 +17,13 @@ from cbtbackup.errors import SnapshotFailedError
 class AttachedSession(SnapshotSession):
     provider = "userspace"
 
-    def __init__(self, image: Path, state_dir: Path, freeze: str | None) -> None:
+    def __init__(self, image: Path, state_dir: Path, freeze: str | None, client: ControlClient | None = None,
+                 hold: str | None = None) -> None:
+        """``client`` and ``hold``: a connection whose writes are held for a group take (group.py)."""
         self.source = str(image)
-        self._client = ControlClient(state_dir)
+        self._client = client or ControlClient(state_dir)
         try:
-            answer = self._client.call("snapshot", freeze=freeze)
+            answer = self._client.call("snapshot", freeze=freeze, **({"hold": hold} if hold else {}))
             self._name = str(answer["name"])
             info = CbtInfo.from_dict(answer["cbt"])
             self.cbt: CbtState | None = CbtState(info, base64.b64decode(answer["map"]),
