@@ -79,6 +79,7 @@ class BackupOptions:
     synthetic_full_every: int = 0  # after an incremental, synthesize a full once the chain has this many
     qmp: str | None = None  # qemu: a running VM's QMP socket ...
     device: str | None = None  # ... and the node or drive name of the disk in it
+    devices: tuple[str, ...] = ()  # a group of a VM's disks: each source's node or drive name, in order
     ceph: CephOptions | None = None  # rbd: which cluster, as whom
     # A CBT incremental re-reads this sample of the blocks reported unchanged (tracking_check.py).
     unchanged_sample: UnchangedSample = dataclasses.field(default_factory=UnchangedSample)
@@ -133,13 +134,7 @@ def run_backup(
     with _chain_lock(repo, options, candidate_names(provider.source, explicit), progress) as lock:
         name = chain_for(repo, provider.source, explicit, options.rename_source)
         base = resolve_since(repo, name, options.since) if options.since else None
-        if provider.name in ("qemu", "rbd"):  # which bitmaps or snapshot vouch for the writes since, it decides
-            latest = repo.latest(name)
-            parent = (base or latest) if options.kind == "incr" else None
-            keeper = cast("QemuProvider", provider)
-            keeper.since = _checkpoint_of(repo, parent, provider.source)
-            keeper.newest = _checkpoint_of(repo, latest, provider.source)
-            keeper.keep_base = options.keep_base
+        _tell_history(repo, provider, options, name, base)
         hook("snapshot-taking")
         with provider.open_snapshot() as session:
             hook("snapshot-taken")
@@ -148,6 +143,20 @@ def run_backup(
         if options.kind == "incr" and options.synthetic_full_every > 0:
             _maybe_synthesize(repo, result, options.synthetic_full_every, progress)
         return result
+
+
+def _tell_history(repo: Repository, provider: Provider, options: BackupOptions, name: str,
+                  base: BackupRef | None) -> None:
+    """QEMU and RBD decide themselves which bitmaps or snapshot vouch for the writes since the parent: tell
+    them the parent's checkpoint, the newest backup's (to find a killed run's leftovers) and --keep-base."""
+    if provider.name not in ("qemu", "rbd"):
+        return
+    latest = repo.latest(name)
+    parent = (base or latest) if options.kind == "incr" else None
+    keeper = cast("QemuProvider", provider)
+    keeper.since = _checkpoint_of(repo, parent, provider.source)
+    keeper.newest = _checkpoint_of(repo, latest, provider.source)
+    keeper.keep_base = options.keep_base
 
 
 def _check_since(options: BackupOptions) -> None:
@@ -208,9 +217,12 @@ def run_group_backup(
     if any(is_rbd(source) for source in sources):
         raise UsageError("several RBD images at one instant are not supported yet (docs/ceph.md); back each "
                          "image up with its own command")
-    if options.provider not in ("auto", "userspace", "blksnap"):
-        raise UsageError(f"a group at one instant needs the userspace or blksnap provider, not "
+    if options.provider not in ("auto", "userspace", "blksnap", "qemu"):
+        raise UsageError(f"a group at one instant needs the userspace, blksnap or qemu provider, not "
                          f"{options.provider}")
+    if options.devices and len(options.devices) != len(sources):
+        raise UsageError(f"--device names each source's disk in the VM: {len(sources)} sources, "
+                         f"{len(options.devices)} --device")
     _check_since(options)
     if options.since not in (None, LAST_FULL):
         raise UsageError("the sources of a group go into several chains: --since takes 'full' (each chain's "
@@ -218,16 +230,20 @@ def run_group_backup(
     progress = progress or NullProgress()
     providers = [choose_provider(source, options.provider, state_dir=options.state_dir, freeze=options.freeze,
                                  diff_storage=options.diff_storage,
-                                 diff_storage_limit=options.diff_storage_limit, notice=progress.notice)
-                 for source in sources]
+                                 diff_storage_limit=options.diff_storage_limit, notice=progress.notice,
+                                 qmp=options.qmp, device=options.devices[i] if options.devices else None)
+                 for i, source in enumerate(sources)]
     check_one_kind(providers)
-    if not isinstance(providers[0], (AttachedProvider, UserspaceProvider, BlksnapProvider)):
+    if not isinstance(providers[0], (AttachedProvider, UserspaceProvider, BlksnapProvider)) \
+            and providers[0].name != "qemu":
         raise UsageError(f"{describe(providers[0])} cannot be taken in a group with others; back each source "
                          "up with its own command")
     names = [n for p in providers for n in candidate_names(p.source, None)]
     with _chain_lock(repo, options, names, progress) as lock:
         chains = {p.source: chain_for(repo, p.source, None, False) for p in providers}
         bases = {c: resolve_since(repo, c, options.since) if options.since else None for c in chains.values()}
+        for p in providers:
+            _tell_history(repo, p, options, chains[p.source], bases[chains[p.source]])
         hook("snapshot-taking")
         group = _open_group(providers, options, progress)
         try:
@@ -248,6 +264,9 @@ def _open_group(providers: list[Provider], options: BackupOptions, progress: Pro
         return AttachedGroup(cast("list[AttachedProvider]", providers))
     if isinstance(first, UserspaceProvider):
         return UserspaceGroup(cast("list[UserspaceProvider]", providers))
+    if first.name == "qemu":
+        from cbtbackup.engine.qemu.provider import QemuGroup
+        return QemuGroup(cast("list[QemuProvider]", providers))
     devices = [d for p in cast("list[BlksnapProvider]", providers) for d in p.devices]
     return blksnap_group(devices, options.diff_storage, options.diff_storage_limit, freeze=options.freeze,
                          notice=progress.notice).open_group()

@@ -69,8 +69,10 @@ class Vm:
     as a VM run by libvirt needs (one for the test, which holds it as libvirt holds its own; one for
     cbtbackup)."""
 
-    def __init__(self, disk: Disk, workdir: Path) -> None:
+    def __init__(self, disk: Disk, workdir: Path, more: tuple[Disk, ...] = ()) -> None:
+        """``more``: further disks, as drives ``drive1``, ``drive2`` … on nodes ``disk1``, ``disk2`` …"""
         self.disk = disk
+        self.disks = (disk, *more)
         self.qmp_path = workdir / "vm-qmp.sock"  # cbtbackup's
         self.test_qmp_path = workdir / "vm-test-qmp.sock"
         self.proc = subprocess.Popen(
@@ -79,8 +81,9 @@ class Vm:
              "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
              # a drive, not a bare node: its BlockBackend stands for the guest's disk device, whose writes pass
              # through whatever filter a backup inserts above the node (a bare qemu-io on the node would not)
-             "-drive", "if=none,id=drive0,driver=qcow2,node-name=disk0,file.driver=file,"
-                       f"file.filename={disk.path}"],
+             *[arg for i, d in enumerate(self.disks) for arg in (
+                 "-drive", f"if=none,id=drive{i},driver=qcow2,node-name=disk{i},file.driver=file,"
+                           f"file.filename={d.path}")]],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 30
         while not (self.qmp_path.exists() and self.test_qmp_path.exists()):
@@ -103,12 +106,12 @@ class Vm:
             if "error" in reply:
                 raise AssertionError(f"{command}: {reply['error']}")
 
-    def write(self, offset: int, length: int, pattern: int) -> None:
-        """A guest write: HMP qemu-io on the running disk."""
+    def write(self, offset: int, length: int, pattern: int, drive: int = 0) -> None:
+        """A guest write: HMP qemu-io on the running disk (it has landed when this returns)."""
         out = self.execute("human-monitor-command",
-                           **{"command-line": f'qemu-io drive0 "write -P {pattern} {offset} {length}"'})
+                           **{"command-line": f'qemu-io drive{drive} "write -P {pattern} {offset} {length}"'})
         assert out == "", out  # HMP qemu-io answers nothing on success, the reason on failure
-        self.disk.model[offset: offset + length] = bytes([pattern]) * length
+        self.disks[drive].model[offset: offset + length] = bytes([pattern]) * length
 
     def stop(self, kill: bool = False) -> None:
         if kill:

@@ -11,6 +11,7 @@ from cbtbackup.cli.progress_bar import make_progress
 from cbtbackup.cli.repository_access import open_repo
 from cbtbackup.engine.providers import PROVIDERS
 from cbtbackup.engine.rbd.cluster import CephOptions
+from cbtbackup.errors import UsageError
 from cbtbackup.model.durations import parse_wait
 from cbtbackup.model.sizes import format_size, parse_size
 from cbtbackup.pipeline.backup import BackupOptions, run_backup, run_group_backup
@@ -20,15 +21,19 @@ from cbtbackup.pipeline.tracking_check import UnchangedSample
 def _backup(repo: str, endpoint_url: str | None, sources: tuple[str, ...], kind: Literal["full", "incr"],
             name: str | None, provider: str, state_dir: str | None, freeze: str | None, diff_storage: str | None,
             diff_storage_limit: str | None, rename_source: bool, wait_lock: str | None, synthetic_every: int,
-            qmp: str | None, device: str | None, ceph: CephOptions, verify_unchanged: str | None,
+            qmp: str | None, device: tuple[str, ...], ceph: CephOptions, verify_unchanged: str | None,
             since: str | None, keep_base: bool, as_json: bool) -> None:
     sample = UnchangedSample.parse(verify_unchanged) if verify_unchanged is not None else UnchangedSample()
     options = BackupOptions(source=sources[0], kind=kind, name=name, provider=provider, state_dir=state_dir,
                             freeze=freeze, diff_storage=diff_storage,
                             diff_storage_limit=parse_size(diff_storage_limit) if diff_storage_limit else None,
                             rename_source=rename_source, wait_lock=parse_wait(wait_lock) if wait_lock else 0.0,
-                            synthetic_full_every=synthetic_every, qmp=qmp, device=device, ceph=ceph,
+                            synthetic_full_every=synthetic_every, qmp=qmp,
+                            device=device[0] if len(sources) == 1 and len(device) == 1 else None,
+                            devices=device if len(sources) > 1 else (), ceph=ceph,
                             unchanged_sample=sample, since=since, keep_base=keep_base)
+    if len(sources) == 1 and len(device) > 1:
+        raise UsageError("one SOURCE, one --device")
     repository = open_repo(repo, endpoint_url)
     if len(sources) == 1:
         results = [run_backup(repository, options, make_progress())]
@@ -71,7 +76,9 @@ def _backup_command(kind: Literal["full", "incr"], doc: str) -> click.Command:
                   help="After the backup, write a synthetic full once the chain holds N incrementals.")
     @click.option("--qmp", metavar="SOCKET",
                   help="qemu: the QMP socket of the VM that runs SOURCE (default: an offline image).")
-    @click.option("--device", metavar="NODE", help="qemu: the node name (or drive name) of SOURCE in that VM.")
+    @click.option("--device", metavar="NODE", multiple=True,
+                  help="qemu: the node name (or drive name) of SOURCE in that VM; once per SOURCE for several "
+                       "disks of the VM at one instant.")
     @click.option("--verify-unchanged", metavar="SAMPLE", hidden=kind == "full",
                   help="A CBT incremental first re-reads this much of what the tracking reports unchanged and "
                        "compares it with the previous backup; a difference makes it a scan and resets the "
@@ -88,7 +95,7 @@ def _backup_command(kind: Literal["full", "incr"], doc: str) -> click.Command:
     def command(repo: str, endpoint_url: str | None, sources: tuple[str, ...], name: str | None, provider: str,
                 state_dir: str | None, freeze: str | None, diff_storage: str | None,
                 diff_storage_limit: str | None, rename_source: bool, wait_lock: str | None, synthetic_every: int,
-                qmp: str | None, device: str | None, ceph: CephOptions, verify_unchanged: str | None,
+                qmp: str | None, device: tuple[str, ...], ceph: CephOptions, verify_unchanged: str | None,
                 since: str | None, keep_base: bool, as_json: bool) -> None:
         _backup(repo, endpoint_url, sources, kind, name, provider, state_dir, freeze, diff_storage,
                 diff_storage_limit, rename_source, wait_lock, synthetic_every, qmp, device, ceph,

@@ -43,7 +43,9 @@ class NbdImage(ZeroRangesImage):
 class QemuSession(SnapshotSession):
     provider = "qemu"
 
-    def __init__(self, provider: QemuProvider) -> None:
+    def __init__(self, provider: QemuProvider, shared: Qmp | None = None) -> None:
+        """``shared``: a member of a group (:class:`QemuGroup`), whose QMP connection, one transaction and
+        NBD server the group owns; the group calls :meth:`read_export` once the exports are up."""
         self.source = provider.source
         self._notice = provider.notice
         self._committed = False
@@ -52,15 +54,24 @@ class QemuSession(SnapshotSession):
         self._workdir = Path(tempfile.mkdtemp(prefix="cbtbackup-qemu-", dir=provider.work_root))
         self._daemon: StorageDaemon | None = None
         self._export: fleecing.PointInTimeExport | None = None
+        self._server: fleecing.NbdServer | None = None  # ours alone; a group's belongs to the group
         self._client: NbdClient | None = None
+        self._shared = shared is not None
         try:
-            if provider.qmp_path is None:
+            if shared is not None:
+                self.qmp = shared
+                self.node = self._resolve_node(provider)
+            elif provider.qmp_path is None:
                 self._daemon = StorageDaemon(Path(provider.source), self._workdir)
                 self.qmp, self.node = self._daemon.qmp, NODE
             else:
                 self.qmp = Qmp(provider.qmp_path)
                 self.node = self._resolve_node(provider)
-            self._take(provider)
+            self.export = self._prepare(provider)
+            if shared is None:
+                self._server = fleecing.open_exports(self.qmp, [self.export], self._workdir / "nbd.sock")
+                self._export = self.export
+                self.read_export()
         except BaseException:
             self.close()
             raise
@@ -75,7 +86,8 @@ class QemuSession(SnapshotSession):
         name: str = node["node-name"]
         return name
 
-    def _take(self, provider: QemuProvider) -> None:
+    def _prepare(self, provider: QemuProvider) -> fleecing.PointInTimeExport:
+        """Tear down leftovers, decide which bitmaps vouch for the writes since, and describe the export."""
         removed = fleecing.remove_leftovers(self.qmp, self.node)
         if removed:
             provider.notice(f"removed what a killed backup left in QEMU: {', '.join(removed)}")
@@ -99,9 +111,16 @@ class QemuSession(SnapshotSession):
             self.new_base = bitmaps.base_name(plan.generation, plan.number)
             also.append({"type": "block-dirty-bitmap-add", "data": {
                 "node": self.node, "name": self.new_base, "persistent": True, "granularity": bitmaps.GRANULARITY}})
-        self._export = fleecing.PointInTimeExport(self.qmp, self.node, size, self._workdir, self.new_bitmap,
-                                                  frozen, fleece=self._daemon is None, also=also)
-        self._client = NbdClient(str(self._export.socket), self._export.export, tuple(frozen))
+        self._plan, self._frozen = plan, frozen
+        return fleecing.PointInTimeExport(self.qmp, self.node, size, self._workdir, self.new_bitmap, frozen,
+                                          fleece=self._daemon is None, also=also)
+
+    def read_export(self) -> None:
+        """Connect to the export once it is published; read the CBT map from its frozen bitmaps."""
+        self._export = self.export
+        assert self.export.socket is not None
+        plan, frozen, size = self._plan, self._frozen, self.export.size
+        self._client = NbdClient(str(self.export.socket), self.export.export, tuple(frozen))
         self.image = NbdImage(self._client)
         block = bitmaps.GRANULARITY
         count = -(-size // block)
@@ -159,14 +178,59 @@ class QemuSession(SnapshotSession):
         if self._export is not None:
             self._export.close()
             self._export = None
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
         if hasattr(self, "qmp") and (self._committed or self._copy or self.new_base):
             self._remove_stale_bitmaps()
         if self._daemon is not None:
             self._daemon.stop()
             self._daemon = None
-        elif hasattr(self, "qmp"):
+        elif hasattr(self, "qmp") and not self._shared:
             self.qmp.close()
         shutil.rmtree(self._workdir, ignore_errors=True)
+
+
+class QemuGroup:
+    """Several disks at one instant: of one running VM, in one QMP transaction; or images no VM uses, each
+    opened (and locked against any writer) by its own storage daemon before any is read."""
+
+    def __init__(self, providers: list[QemuProvider]) -> None:
+        paths = {p.qmp_path for p in providers}
+        if len(paths) > 1:
+            raise UsageError("the disks of one group must all be offline images, or all disks of one VM "
+                             "(one --qmp socket)")
+        self.sessions: list[SnapshotSession] = []
+        self._qmp: Qmp | None = None
+        self._server: fleecing.NbdServer | None = None
+        try:
+            qmp_path = providers[0].qmp_path
+            if qmp_path is None:  # every image locked by its daemon until the group closes: nothing writes
+                for p in providers:
+                    self.sessions.append(QemuSession(p))
+                return
+            self._qmp = Qmp(qmp_path)
+            members = []
+            for p in providers:
+                members.append(QemuSession(p, shared=self._qmp))
+                self.sessions.append(members[-1])
+            workdir = Path(members[0]._workdir)
+            self._server = fleecing.open_exports(self._qmp, [m.export for m in members], workdir / "nbd.sock")
+            for member in members:
+                member.read_export()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        try:
+            for session in self.sessions:
+                session.close()
+        finally:
+            if self._server is not None:
+                self._server.stop()
+            if self._qmp is not None:
+                self._qmp.close()
 
 
 def _filenames(node: dict[str, Any]) -> list[str]:
@@ -204,4 +268,4 @@ class QemuProvider:
         return QemuSession(self)
 
 
-__all__ = ["NbdImage", "QemuProvider", "QemuSession"]
+__all__ = ["NbdImage", "QemuGroup", "QemuProvider", "QemuSession"]
