@@ -149,7 +149,7 @@ def _tell_history(repo: Repository, provider: Provider, options: BackupOptions, 
                   base: BackupRef | None) -> None:
     """QEMU and RBD decide themselves which bitmaps or snapshot vouch for the writes since the parent: tell
     them the parent's checkpoint, the newest backup's (to find a killed run's leftovers) and --keep-base."""
-    if provider.name not in ("qemu", "rbd"):
+    if provider.name not in ("qemu", "rbd", "lvmthin"):
         return
     latest = repo.latest(name)
     parent = (base or latest) if options.kind == "incr" else None
@@ -406,7 +406,7 @@ def _plan(
         else:
             if base_label:
                 reason = reason.replace("the previous backup", base_label)
-                if session.provider in ("qemu", "rbd"):
+                if session.provider in ("qemu", "rbd", "lvmthin"):
                     reason += f" ({session.provider} keeps what a differential needs only for --keep-base backups)"
             note(f"scan incremental: {reason}")
     block_size = session.cbt.info.block_size if session.cbt is not None else SCAN_BLOCK

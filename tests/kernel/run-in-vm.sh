@@ -57,7 +57,7 @@ flock 9  # one run at a time per cache dir
 
 # ---------------------------------------------------------------- 1. packages
 PKGS=(qemu-system-x86 linux-image-amd64 linux-headers-amd64 build-essential kmod udev python3-venv
-      util-linux e2fsprogs busybox-static)
+      util-linux e2fsprogs busybox-static lvm2 thin-provisioning-tools)
 [ "$WITH_TOOLS" = 1 ] && PKGS+=(cmake libboost-program-options-dev libboost-filesystem-dev uuid-dev libssl-dev)
 missing=()
 for p in "${PKGS[@]}"; do

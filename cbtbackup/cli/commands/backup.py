@@ -60,7 +60,8 @@ def _backup_command(kind: Literal["full", "incr"], doc: str) -> click.Command:
     @click.option("--provider", type=click.Choice(PROVIDERS), default="auto", show_default=True,
                   help="userspace: a tracked image; blksnap: a block device through the kernel module; "
                        "qemu: a qcow2 image through QEMU's dirty bitmaps; rbd: a Ceph RBD image "
-                       "(rbd:POOL/IMAGE) through RBD snapshot diffs; "
+                       "(rbd:POOL/IMAGE) through RBD snapshot diffs; lvmthin: an LVM thin volume (/dev/VG/LV) through "
+                       "thin snapshots and thin_delta; "
                        "scan: read everything; auto: the first that applies.")
     @click.option("--state-dir", help="Where the tracker keeps its state, if not beside the image.")
     @click.option("--freeze", metavar="MOUNTPOINT",
@@ -88,7 +89,7 @@ def _backup_command(kind: Literal["full", "incr"], doc: str) -> click.Command:
                   help="A differential: store the changes since this earlier backup of the chain (an id, or "
                        "'full' for the chain's last full) and make it the new backup's parent.")
     @click.option("--keep-base", is_flag=True,
-                  help="qemu, rbd: keep the dirty bitmap or snapshot a later 'incr --since' this backup needs "
+                  help="qemu, rbd, lvmthin: keep the dirty bitmap or snapshot a later 'incr --since' this backup needs "
                        "(one per chain: the newest such backup). Other providers need no flag.")
     @ceph_options
     @json_option

@@ -1,5 +1,6 @@
 """Providers: where snapshots and changed blocks come from (userspace engine — direct or through an attach
-daemon —, the blksnap kernel module, QEMU's dirty bitmaps, Ceph RBD snapshot diffs, and scan).
+daemon —, the blksnap kernel module, QEMU's dirty bitmaps, Ceph RBD snapshot diffs, LVM thin snapshots and
+``thin_delta``, and scan).
 
 The blksnap, QEMU and RBD providers live in their own packages and build on ``providers.base``; they are
 imported when first asked for (PEP 562), so that importing one of them first never finds this package
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from cbtbackup.engine.attach.record import live_record, resolve_source
 from cbtbackup.engine.blksnap.kernel import current_environment, module_loaded
+from cbtbackup.engine.lvmthin.lvm import is_thin_lv
 from cbtbackup.engine.providers.attached import AttachedProvider
 from cbtbackup.engine.providers.base import BlockReader, CbtState, Provider, SnapshotSession
 from cbtbackup.engine.providers.scan import ScanProvider
@@ -39,7 +41,7 @@ def __getattr__(name: str) -> Any:
         return getattr(importlib.import_module(_LATER[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-PROVIDERS = ("auto", "userspace", "blksnap", "qemu", "rbd", "scan")
+PROVIDERS = ("auto", "userspace", "blksnap", "qemu", "rbd", "lvmthin", "scan")
 
 
 def choose_provider(
@@ -59,6 +61,7 @@ def choose_provider(
     tracked one, QEMU for a qcow2 image (or with ``qmp``), the blksnap module for a block device on a host
     that has it, scan otherwise.
 
+    An LVM thin volume (``/dev/VG/LV``) goes through its pool's snapshots before blksnap is considered.
     ``source`` may be the image or the loop device an attach set up on it.
     """
     if name not in PROVIDERS:
@@ -81,10 +84,15 @@ def choose_provider(
             name = "qemu"
         elif is_tracked(source, state_dir):
             name = "userspace"
+        elif is_thin_lv(str(source)):
+            name = "lvmthin"
         elif Path(source).is_block_device() and module_loaded(current_environment()):
             name = "blksnap"
         else:
             name = "scan"
+    if freeze is not None and name == "lvmthin":
+        raise UsageError("--freeze is not for LVM thin volumes: LVM suspends the volume for the instant of "
+                         "the snapshot; quiesce applications with a before_snapshot hook")
     if freeze is not None and name != "blksnap":
         raise UsageError("--freeze needs a volume attached with 'cbtbackup attach' or the blksnap provider")
     if (qmp is not None or device is not None) and name != "qemu":
@@ -92,6 +100,9 @@ def choose_provider(
     if name == "qemu":
         from cbtbackup.engine.qemu.provider import QemuProvider
         return QemuProvider(str(source), qmp, device, notice=notice)
+    if name == "lvmthin":
+        from cbtbackup.engine.lvmthin.provider import LvmThinProvider
+        return LvmThinProvider(str(source), notice=notice)
     if name == "userspace":
         return UserspaceProvider(source, state_dir=state_dir)
     if name == "blksnap":

@@ -37,7 +37,7 @@ class SnapshotSession(abc.ABC):
     """One taken snapshot of one source; closing it destroys the snapshot."""
 
     source: str  # a stable identity of the source: its absolute path
-    provider: str  # "userspace", "blksnap", "qemu", "rbd" or "scan"
+    provider: str  # "userspace", "blksnap", "qemu", "rbd", "lvmthin" or "scan"
     image: BlockReader
     cbt: CbtState | None  # None where nothing tracks changes
     # An incremental of a source whose size changed: refused (asking for a full) unless the provider can
