@@ -142,4 +142,12 @@ def test_bad_sources_are_one_line(cli: RunCli, repo: Path, thin: ThinVolume) -> 
     cli("full", "-r", repo, f"/dev/{thin.vg}/thick", "--provider", "lvmthin").assert_one_line_error(
         2, "is not an LVM thin volume")
     cli("full", "-r", repo, thin.path, "--freeze", "/mnt").assert_one_line_error(2, "--freeze is not for LVM")
-    assert thin.ours() == []  # nothing of ours left behind
+    # A pool out of space: LVM refuses a new thin volume, so the backup cannot take its snapshot.
+    sh("lvcreate", "-q", "--type", "thin-pool", "-L", "8M", "--chunksize", "64k", "-n", "small", thin.vg)
+    sh("lvcreate", "-q", "-V", "32M", "-T", f"{thin.vg}/small", "-n", "crowded")
+    sh("lvchange", "-q", "--errorwhenfull", "y", f"{thin.vg}/small")
+    crowded = f"/dev/{thin.vg}/crowded"
+    subprocess.run(["dd", "if=/dev/urandom", f"of={crowded}", "bs=1M", "count=12", "oflag=direct", "status=none"],
+                   capture_output=True)  # ends in "No space left on device"
+    cli("full", "-r", repo, crowded).assert_one_line_error(6, f"cannot snapshot {thin.vg}/crowded", "thin pool")
+    assert thin.ours() == [] and cli("list", "-r", repo, "--json").json["backups"] == []  # nothing left behind

@@ -99,9 +99,9 @@ class LvmThinSession(SnapshotSession):
             number = max(s.number for s in snapshots if s.nonce == nonce) + 1
         else:
             nonce, number = secrets.token_hex(6), 1
-        self._taken = f"{PREFIX}{nonce}-{number}{BASE_SUFFIX if self._keep_base else ''}"
-        run("lvcreate", "-q", "-s", "-n", self._taken, f"{self._vg}/{self._name}",
-            what=f"snapshot {self._vg}/{self._name}")
+        name = f"{PREFIX}{nonce}-{number}{BASE_SUFFIX if self._keep_base else ''}"
+        run("lvcreate", "-q", "-s", "-n", name, f"{self._vg}/{self._name}", what=f"snapshot {self._vg}/{self._name}")
+        self._taken = name  # ours from here on: removed on every failure path
         run("lvchange", "-q", "-ay", "-K", f"{self._vg}/{self._taken}", what=f"activate {self._vg}/{self._taken}")
         taken = volume(self._vg, self._taken)
         size = taken.size
