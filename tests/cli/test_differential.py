@@ -162,3 +162,22 @@ def test_bad_since_values_are_one_line_and_change_nothing(
     assert sorted(p.name for p in (repo / "backups").rglob("*")) == before
     assert cli("forget", "-r", repo, str(full["id"])).code == 0
     cli("incr", "-r", repo, image, "--since", str(full["id"])).assert_one_line_error(3, "no such backup")
+
+
+def test_the_scan_provider_compares_with_the_base(cli: RunCli, make_image: MakeImage, tmp_path: Path) -> None:
+    """Nothing tracks a plain file: a differential reads it all and stores what differs from the base."""
+    image = make_image(4 * MiB)
+    repo = tmp_path / "repo"
+    assert cli("init", "-r", repo, "--encryption", "none").code == 0
+    full = backup(cli, repo, "full", image)
+    with image.open("r+b") as f:
+        f.seek(BLOCK)
+        f.write(os.urandom(BLOCK))
+    backup(cli, repo, "incr", image)
+    with image.open("r+b") as f:
+        f.seek(10 * BLOCK)
+        f.write(os.urandom(BLOCK))
+    diff = backup(cli, repo, "incr", image, "--since", "full")
+    assert (diff["provider"], diff["method"], diff["parent"]) == ("scan", "scan", full["id"])
+    assert diff["bytes_changed"] == 2 * BLOCK  # both blocks written since the full, against the full
+    assert_restores(cli, repo, {str(diff["id"]): image.read_bytes()}, tmp_path)
