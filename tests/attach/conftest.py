@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sysconfig
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -89,10 +90,23 @@ class Attached:
         if self.record is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.record.pid, signal.SIGTERM)
+            wait_gone(self.record.pid)  # its teardown must not overlap the next test's attach
         for loop in system_tools.loops_backed_by(self.mountdir / "volume"):
             subprocess.run(["losetup", "-d", loop], capture_output=True)
         if system_tools.is_mount_point(self.mountdir):
             subprocess.run(["umount", "-l", str(self.mountdir)], capture_output=True)
+
+
+def wait_gone(pid: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)  # reap it if it is our child
+        time.sleep(0.05)
 
 
 @pytest.fixture

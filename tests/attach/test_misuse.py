@@ -12,7 +12,7 @@ from pathlib import Path
 from cbtbackup.engine import TrackedVolume
 from cbtbackup.engine.attach import system_tools
 from cbtbackup.engine.attach.client import pid_alive
-from tests.attach.conftest import Attached
+from tests.attach.conftest import Attached, wait_gone
 from tests.conftest import RunCli
 
 
@@ -72,3 +72,34 @@ def test_sigterm_tears_down_in_order(cli: RunCli, attached_image: Attached) -> N
         assert vol.reset_reason == "tracking started"
         assert vol.cbt_live_map()[0] == 1
         assert vol.read(0, 4) == b"xxxx"
+
+
+
+def _tracked(cli: RunCli, tmp_path: Path, name: str) -> Attached:
+    image = tmp_path / f"{name}.img"
+    with open(image, "wb") as f:
+        f.truncate(32 << 20)
+    assert cli("track", image).code == 0
+    (tmp_path / name).mkdir()
+    return Attached(cli, image, tmp_path / name)
+
+
+def test_a_daemon_never_detaches_a_loop_device_that_is_no_longer_its_own(cli: RunCli, tmp_path: Path) -> None:
+    """Someone detaches a daemon's loop device by hand and a second attach takes the freed name; when the first
+    daemon then ends, the second volume keeps its device."""
+    first, second = _tracked(cli, tmp_path, "a"), _tracked(cli, tmp_path, "b")
+    try:
+        first_record = first.attach()
+        subprocess.run(["losetup", "-d", first.loop], check=True)
+        second.attach()
+        assert second.loop == first.loop, "the freed loop device name was not reused (the machine took it)"
+        assert cli("detach", first.mountdir).code == 0
+        wait_gone(first_record.pid)
+        assert system_tools.loop_backing_file(second.loop) == second.mountdir / "volume", \
+            "the first daemon's teardown detached the second volume's loop device"
+        with open(second.loop, "r+b") as dev:
+            dev.seek(11 << 20)
+            dev.write(b"y" * 4096)
+    finally:
+        first.cleanup()
+        second.cleanup()

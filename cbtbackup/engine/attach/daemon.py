@@ -147,7 +147,10 @@ class Daemon:
             for snap in self._snapshots.values():
                 snap.destroy()
             self._snapshots.clear()
-        if self.loop is not None:
+        # Only while the loop device is still ours: if someone detached it already, the same name may now
+        # belong to another volume, which must not lose its device to our teardown.
+        ours = Path(os.path.realpath(self.mountdir)) / VOLUME_FILE
+        if self.loop is not None and system_tools.loop_backing_file(self.loop) == ours:
             try:
                 system_tools.loop_detach(self.loop)
             except CbtError as e:
