@@ -33,7 +33,6 @@ from cbtbackup.engine.providers.group import (
     check_one_kind,
     describe,
 )
-from cbtbackup.engine.rbd.names import is_rbd
 from cbtbackup.errors import CorruptDataError, UsageError
 from cbtbackup.model.checkpoint import CbtCheckpoint
 from cbtbackup.model.extent_map import ZERO_DIGEST, ExtentMap, Piece, overlay
@@ -55,6 +54,7 @@ from cbtbackup.repo.repository import Repository
 if TYPE_CHECKING:  # the QEMU provider loads asyncio, the RBD one librados: imported only where used
     from cbtbackup.engine.qemu.provider import QemuProvider
     from cbtbackup.engine.rbd.cluster import CephOptions
+    from cbtbackup.engine.rbd.provider import RbdProvider
 
 READ_SPAN = 8 << 20  # consecutive extents are read from the snapshot this many bytes at a time
 SCAN_BLOCK = 64 << 10  # what a scan compares at when nothing tracks the source: blksnap's tracking block
@@ -99,6 +99,7 @@ class BackupResult:
         return {
             "id": m.ref.id,
             "name": m.ref.name,
+            "source": m.source,
             "kind": m.kind,
             "method": m.method,
             "parent": m.parent.id if m.parent else None,
@@ -214,11 +215,8 @@ def run_group_backup(
     Hook points as :func:`run_backup`'s, once for the group (``before-commit`` once per member)."""
     if options.name:
         raise UsageError("--name names one chain; in a group each source goes into its own chain")
-    if any(is_rbd(source) for source in sources):
-        raise UsageError("several RBD images at one instant are not supported yet (docs/ceph.md); back each "
-                         "image up with its own command")
-    if options.provider not in ("auto", "userspace", "blksnap", "qemu"):
-        raise UsageError(f"a group at one instant needs the userspace, blksnap or qemu provider, not "
+    if options.provider not in ("auto", "userspace", "blksnap", "qemu", "rbd"):
+        raise UsageError(f"a group at one instant needs the userspace, blksnap, qemu or rbd provider, not "
                          f"{options.provider}")
     if options.devices and len(options.devices) != len(sources):
         raise UsageError(f"--device names each source's disk in the VM: {len(sources)} sources, "
@@ -231,11 +229,12 @@ def run_group_backup(
     providers = [choose_provider(source, options.provider, state_dir=options.state_dir, freeze=options.freeze,
                                  diff_storage=options.diff_storage,
                                  diff_storage_limit=options.diff_storage_limit, notice=progress.notice,
-                                 qmp=options.qmp, device=options.devices[i] if options.devices else None)
+                                 qmp=options.qmp, device=options.devices[i] if options.devices else None,
+                                 ceph=options.ceph)
                  for i, source in enumerate(sources)]
     check_one_kind(providers)
     if not isinstance(providers[0], (AttachedProvider, UserspaceProvider, BlksnapProvider)) \
-            and providers[0].name != "qemu":
+            and providers[0].name not in ("qemu", "rbd"):
         raise UsageError(f"{describe(providers[0])} cannot be taken in a group with others; back each source "
                          "up with its own command")
     names = [n for p in providers for n in candidate_names(p.source, None)]
@@ -267,6 +266,9 @@ def _open_group(providers: list[Provider], options: BackupOptions, progress: Pro
     if first.name == "qemu":
         from cbtbackup.engine.qemu.provider import QemuGroup
         return QemuGroup(cast("list[QemuProvider]", providers))
+    if first.name == "rbd":
+        from cbtbackup.engine.rbd.group import RbdGroup
+        return RbdGroup(cast("list[RbdProvider]", providers), progress.notice)
     devices = [d for p in cast("list[BlksnapProvider]", providers) for d in p.devices]
     return blksnap_group(devices, options.diff_storage, options.diff_storage_limit, freeze=options.freeze,
                          notice=progress.notice).open_group()

@@ -84,7 +84,7 @@ def test_bad_input_is_one_line(cli: RunCli, repo: Path, make_rbd: Any, tmp_path:
     cli("full", "-r", repo, image.source, "--provider", "scan").assert_one_line_error(2, "rbd provider")
     cli("full", "-r", repo, image.source, "--ceph-conf", tmp_path / "none.conf").assert_one_line_error(3)
     cli("restore", "-r", repo, "latest", f"rbd:{POOL}/x", "--format", "qcow2").assert_one_line_error(2)
-    cli("full", "-r", repo, image.source, image.source).assert_one_line_error(2, "not supported yet")
+    cli("full", "-r", repo, image.source, image.source).assert_one_line_error(2, "named twice")
     assert image.snapshots() == []  # nothing of ours left behind by the refusals
 
 

@@ -109,6 +109,16 @@ class Cluster:
             ioctx.set_namespace(spec.namespace)
         return ioctx
 
+    def ioctx_of_pool(self, pool_id: int, namespace: str) -> Any:
+        """An I/O context on the pool numbered ``pool_id`` (where an image's group lives)."""
+        try:
+            ioctx = self._handle.open_ioctx2(pool_id)
+        except self.rados.Error as e:
+            raise ceph_error(e, f"cannot open the pool numbered {pool_id}") from None
+        if namespace:
+            ioctx.set_namespace(namespace)
+        return ioctx
+
     def errors(self) -> tuple[type[Exception], ...]:
         """The exception classes of both bindings, for ``except``."""
         return self.rados.Error, self.rbd.Error

@@ -9,7 +9,8 @@ does not allocate are read as zeros without asking the cluster. Once the backup 
 older snapshots are removed, so an image carries one cbtbackup snapshot between backups — two where a
 backup was taken with ``--keep-base``: its snapshot (named ``…-base``) stays for differentials against it
 until a newer ``--keep-base`` backup replaces it. A backup that fails removes the snapshot it took, and the
-previous ones stay.
+previous ones stay. In a group (:mod:`group`) the snapshot taken is only the anchor the next run diffs from,
+and the image is read at its part of the group snapshot taken right after it.
 """
 
 from __future__ import annotations
@@ -35,13 +36,17 @@ class RbdSession(SnapshotSession):
     full_when_resized = True  # an incremental of a resized image reads it all as a full, saying so
     exact_within_objects = True  # with fast-diff: the changed objects' exact extents (False: whole objects)
 
-    def __init__(self, provider: RbdProvider) -> None:
+    def __init__(self, provider: RbdProvider, in_group: bool = False) -> None:
+        """``in_group``: take only the anchor snapshot; :class:`~cbtbackup.engine.rbd.group.RbdGroup` then
+        takes the group snapshot and calls :meth:`read_group_snapshot`."""
         self.source = provider.source
         self.spec = provider.spec
         self._notice = provider.notice
         self._committed = False
         self._keep_base = provider.keep_base
-        self._taken: str | None = None
+        self._taken: str | None = None  # the snapshot of ours this run took: the next incremental's base
+        self._reading = ""  # the snapshot read: the one taken, or the group snapshot of ``group_snap_id``
+        self._group_snap_id: int | None = None
         self._head: Any = None
         self._snap: Any = None
         self._ioctx: Any = None
@@ -50,7 +55,11 @@ class RbdSession(SnapshotSession):
         self._errors = self._cluster.errors()
         try:
             self._ioctx = self._cluster.ioctx(self.spec)
-            self._take(provider.since, provider.newest)
+            self._anchor(provider.since, provider.newest)
+            if not in_group:
+                self._reading = str(self._taken)
+                self._read_at(self._cluster.rbd.Image(self._ioctx, self.spec.image, snapshot=self._taken,
+                                                      read_only=True))
         except self._errors as e:
             self.close()
             raise ceph_error(e, f"cannot snapshot {self.spec}") from None
@@ -58,7 +67,8 @@ class RbdSession(SnapshotSession):
             self.close()
             raise
 
-    def _take(self, since: CbtCheckpoint | None, newest: CbtCheckpoint | None) -> None:
+    def _anchor(self, since: CbtCheckpoint | None, newest: CbtCheckpoint | None) -> None:
+        """Take this run's snapshot of ours (the one the next incremental diffs from)."""
         rbd = self._cluster.rbd
         try:
             self._head = rbd.Image(self._ioctx, self.spec.image)
@@ -75,7 +85,46 @@ class RbdSession(SnapshotSession):
             self._head.remove_snap(plan.new_name)
         self._head.create_snap(plan.new_name)
         self._taken = plan.new_name
-        self._snap = rbd.Image(self._ioctx, self.spec.image, snapshot=plan.new_name, read_only=True)
+        self.plan = plan
+
+    def group(self) -> tuple[int, str] | None:
+        """The (pool id, name) of the RBD group the image is in, if any."""
+        info = self._head.group()
+        return (int(info["pool"]), str(info["name"])) if info["name"] else None
+
+    def has_exclusive_lock(self) -> bool:
+        return bool(self._head.features() & self._cluster.rbd.RBD_FEATURE_EXCLUSIVE_LOCK)
+
+    def read_group_snapshot(self, group_snap: str) -> None:
+        """Read the image at its part of the group snapshot ``group_snap``, taken after :meth:`_anchor`.
+
+        librbd cannot diff *from* a group snapshot (Ceph 16: ImageNotFound) but can diff from an ordinary
+        snapshot *to* one. So the anchor taken just before the group snapshot is what the next incremental
+        diffs from, and this one diffs from the previous anchor: the writes between an anchor and its group
+        snapshot are reported twice (read again next time), never missed."""
+        try:
+            ours_in_group = [s for s in self._head.list_snaps()
+                             if s.get("namespace") == self._cluster.rbd.RBD_SNAP_NAMESPACE_TYPE_GROUP
+                             and s.get("group", {}).get("snap_name") == group_snap]
+            if not ours_in_group:
+                raise SnapshotFailedError(f"{self.spec}: the group snapshot {group_snap} has no part on this "
+                                          "image (was it added to the group just now?)")
+            self._group_snap_id = int(ours_in_group[0]["id"])
+            self._reading = f"of the group, {group_snap}"
+            image = self._cluster.rbd.Image(self._ioctx, self.spec.image, read_only=True)
+            try:
+                image.set_snap_by_id(self._group_snap_id)
+            except BaseException:
+                image.close()
+                raise
+            self._read_at(image)
+        except self._errors as e:
+            raise ceph_error(e, f"cannot read {self.spec} at the group snapshot {group_snap}") from None
+
+    def _read_at(self, snap: Any) -> None:
+        """Read the snapshot ``snap`` (an open image): the changed extents since the plan's base, or all."""
+        self._snap = snap
+        plan = self.plan
         size = int(self._snap.size())
         whole_object = self._fast_diff_valid()
         cbt_map = bytearray(-(-size // BLOCK))
@@ -92,7 +141,6 @@ class RbdSession(SnapshotSession):
             self._snap.diff_iterate(0, size, None, lambda o, n, e: allocated.append((o, n)) if e else None,
                                     whole_object=whole_object)
             zeros = complement(sorted(allocated), size)
-        self.plan = plan
         self.image = ZeroRangesImage(size, zeros, self._read)
         self.cbt = CbtState(CbtInfo(size, BLOCK, len(cbt_map), plan.generation, plan.number), bytes(cbt_map),
                             plan.reset_reason)
@@ -133,18 +181,20 @@ class RbdSession(SnapshotSession):
         try:
             data: bytes = self._snap.read(offset, length)
         except self._errors as e:
-            raise SnapshotFailedError(f"{self.spec}: the snapshot {self._taken} cannot be read: "
+            raise SnapshotFailedError(f"{self.spec}: the snapshot {self._reading} cannot be read: "
                                       f"{ceph_error(e, 'read')}") from None
         self.bytes_read += len(data)
         return data
 
     def check_intact(self) -> None:
         try:
-            names = {s["name"] for s in self._head.list_snaps()}
+            snapshots = list(self._head.list_snaps())
         except self._errors as e:
             raise ceph_error(e, f"cannot list the snapshots of {self.spec}") from None
-        if self._taken not in names:
+        if self._taken not in {s["name"] for s in snapshots}:
             raise SnapshotFailedError(f"{self.spec}: the snapshot {self._taken} was removed while it was read")
+        if self._group_snap_id is not None and self._group_snap_id not in {s["id"] for s in snapshots}:
+            raise SnapshotFailedError(f"{self.spec}: the group snapshot was removed while it was read")
 
     def committed(self) -> None:
         self._committed = True
