@@ -1,7 +1,8 @@
 """A read-only FUSE tree of a repository's backups: what ``cbtbackup mount`` serves.
 
     MOUNTPOINT/<chain>/<id>.img                      a backup's image, its device size
-    MOUNTPOINT/<chain>/<2026-11-25T16:16:00Z>.img    the same, by the time it was taken (a link)
+    MOUNTPOINT/<chain>/<2026-11-25T16:16:00Z>.img    the same, by the time it was taken (a link; a second
+                                                     backup in that second: 16:16:00.123456Z)
     MOUNTPOINT/<chain>/latest.img                    the chain's newest backup (a link)
 
 Reads go through one :class:`BackupReader` per open backup: only the chunks a read touches are fetched,
@@ -20,6 +21,7 @@ import threading
 import time
 from typing import Any
 
+from cbtbackup.engine.attach.libfuse_stderr import without_false_alarm
 from cbtbackup.errors import CbtError
 from cbtbackup.pipeline.reader import BackupReader
 from cbtbackup.repo.chunk_codec import CorruptChunkError
@@ -34,9 +36,11 @@ import mfusepy
 MAX_REQUEST = 1 << 20
 
 
-def time_name(ref: BackupRef) -> str:
+def time_name(ref: BackupRef, fraction: bool = False) -> str:
+    """The time ``ref`` was taken, to the second (``fraction``: to the microsecond)."""
     stamp = ref.stamp  # YYYYMMDDTHHMMSSffffffZ
-    return f"{stamp[0:4]}-{stamp[4:6]}-{stamp[6:8]}T{stamp[9:11]}:{stamp[11:13]}:{stamp[13:15]}Z"
+    seconds = f"{stamp[0:4]}-{stamp[4:6]}-{stamp[6:8]}T{stamp[9:11]}:{stamp[11:13]}:{stamp[13:15]}"
+    return f"{seconds}.{stamp[15:21]}Z" if fraction else f"{seconds}Z"
 
 
 class BackupTree(mfusepy.Operations):  # type: ignore[misc]
@@ -58,7 +62,9 @@ class BackupTree(mfusepy.Operations):  # type: ignore[misc]
             self.files[f"{chain}/{leaf}"] = ref
             self.dirs[chain].append(leaf)
             by_time = f"{time_name(ref)}.img"
-            if f"{chain}/{by_time}" not in self.links:  # two backups in one second: the first keeps the name
+            if f"{chain}/{by_time}" in self.links:  # two backups in one second: the first keeps the name
+                by_time = f"{time_name(ref, fraction=True)}.img"
+            if f"{chain}/{by_time}" not in self.links:
                 self.links[f"{chain}/{by_time}"] = leaf
                 self.dirs[chain].append(by_time)
             self.links[f"{chain}/latest.img"] = leaf  # refs come oldest first: the last one stays
@@ -172,5 +178,6 @@ def _log(line: str) -> None:
 
 def serve(tree: BackupTree, mountpoint: str) -> None:
     """Mount read-only and serve until unmounted (blocks; run it in a thread)."""
-    mfusepy.FUSE(tree, mountpoint, foreground=True, nothreads=False, fsname="cbtbackup", subtype="cbtbackup",
-                 ro=True, default_permissions=True)
+    with without_false_alarm():
+        mfusepy.FUSE(tree, mountpoint, foreground=True, nothreads=False, fsname="cbtbackup", subtype="cbtbackup",
+                     ro=True, default_permissions=True)

@@ -32,7 +32,7 @@ class MountOptions:
 
 def run_mount(repo: Repository, options: MountOptions, ready: Ready) -> int:
     """Mount until SIGTERM or Ctrl-C (which unmount); how many backups the tree showed."""
-    where = Path(options.mountpoint)
+    where = Path(os.path.abspath(options.mountpoint))  # as /proc/self/mounts names it
     if not where.is_dir():
         raise UsageError(f"mount point {where} is not a directory")
     if system_tools.is_mount_point(where):

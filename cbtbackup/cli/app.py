@@ -6,6 +6,7 @@ import contextlib
 import functools
 import importlib
 import json
+import math
 import os
 import signal
 import sys
@@ -82,6 +83,18 @@ def cli() -> None:
     """Block-level incremental backups of volumes and disk images, with changed block tracking."""
 
 
+class Seconds(click.FloatRange):
+    """A number of seconds in a range; ``nan`` is no number (click's range check lets it through)."""
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        converted = super().convert(value, param, ctx)
+        if not math.isfinite(converted):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        return converted
+
+
 def repo_option(f: F) -> F:
     """``-r/--repo``, ``--endpoint-url``, the passphrase options and the store's tuning (storage class, rate
     limits): the command receives ``repo`` and ``endpoint_url``; the passphrase options go where
@@ -103,11 +116,11 @@ def repo_option(f: F) -> F:
         TUNING.set(StoreOptions(storage_class=storage_class, allow_archive_class=allow_archive_class,
                                 limit_upload=limit_upload * 1024 if limit_upload else None,
                                 limit_download=limit_download * 1024 if limit_download else None,
-                                as_of=parse_when(as_of) if as_of else None, s3_timeout=s3_timeout))
+                                as_of=parse_when(as_of) if as_of is not None else None, s3_timeout=s3_timeout))
         return inner(*args, **kwargs)
 
     f = cast(F, with_passwords)
-    f = click.option("--s3-timeout", type=click.FloatRange(min=0.1, max=3600), envvar="CBTBACKUP_S3_TIMEOUT",
+    f = click.option("--s3-timeout", type=Seconds(min=0.1, max=3600), envvar="CBTBACKUP_S3_TIMEOUT",
                      metavar="SECONDS",
                      help="S3: how long to wait for an answer, per try (default 30; 4 tries, then one line).")(f)
     f = click.option("--as-of", metavar="TIME",
@@ -152,7 +165,7 @@ def ceph_options(f: F) -> F:
         return inner(*args, ceph=CephOptions(ceph_conf, ceph_id, keyring, ceph_timeout), **kwargs)
 
     f = cast(F, with_ceph)
-    f = click.option("--ceph-timeout", type=click.FloatRange(min=1, max=3600), default=30.0,
+    f = click.option("--ceph-timeout", type=Seconds(min=1, max=3600), default=30.0,
                      envvar="CBTBACKUP_CEPH_TIMEOUT", metavar="SECONDS",
                      help="RBD: how long to wait for the Ceph cluster (default 30), then one line.")(f)
     f = click.option("--keyring", metavar="FILE", help="RBD: the cephx keyring (default: as ceph.conf says).")(f)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
-from cbtbackup.errors import NotFoundError, UsageError
+from cbtbackup.errors import NotFoundError, UsageError, os_error
 from cbtbackup.repo.local_store import LocalStore
 from cbtbackup.repo.rate_limited_store import RateLimitedStore
 from cbtbackup.repo.repository import Passphrase, Repository
@@ -53,14 +54,19 @@ def open_store(location: str, options: StoreOptions | None = None, *, create: bo
         raise UsageError("--as-of reads an S3 bucket's object versions: it is for S3 repositories only")
     if "://" in location:
         raise UsageError(f"unsupported repository URL {location!r} (a directory or s3://BUCKET/PREFIX)")
-    path = Path(location)
+    # Absolute at once: a mount or an NBD server works from another directory than the one the user typed
+    # the relative path in.
+    path = Path(os.path.abspath(location))
     if path.exists() and not path.is_dir():
         raise UsageError(f"{location} is not a directory")
     made = not path.exists()
     if made:
         if not create:
             raise NotFoundError(f"no repository at {location}")
-        path.mkdir(parents=True, mode=0o700)
+        try:
+            path.mkdir(parents=True, mode=0o700)
+        except OSError as e:  # a parent that is a file, no permission, a read-only file system
+            raise os_error(e, f"cannot create the repository directory {location}") from None
     store = LocalStore(path)
     if made:
         store.made_root()

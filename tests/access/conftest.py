@@ -20,9 +20,11 @@ def foreground() -> Iterator[Started]:
     """Start ``cbtbackup ARGS...`` and wait until ``ready()`` holds; every process is stopped with SIGTERM."""
     procs: list[subprocess.Popen[str]] = []
 
-    def start(*args: object, ready: Callable[[], bool], timeout: float = 30) -> subprocess.Popen[str]:
+    def start(*args: object, ready: Callable[[], bool], timeout: float = 30,
+              cwd: Path | None = None) -> subprocess.Popen[str]:
         proc = subprocess.Popen([sys.executable, "-m", "cbtbackup", *map(str, args)], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+                                stderr=subprocess.PIPE, text=True, cwd=cwd,
+                                env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
         procs.append(proc)
         deadline = time.monotonic() + timeout
         while not ready():

@@ -102,7 +102,7 @@ def test_freeze_needs_an_attached_volume(cli: RunCli, repo: Path, make_image: Ma
 
 def test_several_sources_need_a_provider_that_takes_groups(cli: RunCli, repo: Path, make_image: MakeImage) -> None:
     cli("full", "-r", repo, make_image(MiB), make_image(MiB), "--provider", "scan").assert_one_line_error(
-        2, "needs the userspace, blksnap or qemu provider, not scan")
+        2, "needs the userspace, blksnap, qemu or rbd provider, not scan")
     # auto: two untracked files are scans, which have no instant to share
     cli("full", "-r", repo, make_image(MiB), make_image(MiB)).assert_one_line_error(
         2, "cannot be taken in a group with others")

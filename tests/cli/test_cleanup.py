@@ -33,8 +33,11 @@ def test_ctrl_c_destroys_the_snapshot(cli: RunCli, make_image: MakeImage, tmp_pa
     repo = tmp_path / "repo"
     cli("init", "-r", repo)
     cli("track", image)
+    # Ctrl-C as a terminal delivers it: a test run started in the background of a shell inherits SIGINT
+    # ignored, and Python then leaves it ignored in the child too.
     child = subprocess.Popen([sys.executable, "-m", "cbtbackup", "full", "-r", str(repo), str(image)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 30
     while not list((repo / "chunks").glob("*/*")) and time.monotonic() < deadline:
         time.sleep(0.01)

@@ -152,3 +152,30 @@ def test_a_restore_killed_with_sigkill_leaves_nothing_behind(
     assert cli("restore", "-r", repo, backup_id, out_dir / "disk.img").code == 0
     assert list(out_dir.iterdir()) == [out_dir / "disk.img"]
     assert stat.S_ISREG(os.stat(out_dir / "disk.img").st_mode)
+
+
+def test_init_under_a_regular_file_is_the_path_error(cli: RunCli, tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("x")
+    cli("init", "-r", tmp_path / "afile" / "sub").assert_one_line_error(NotADirError.exit_code, "Not a directory")
+    assert (tmp_path / "afile").read_text() == "x"
+
+
+@pytest.mark.parametrize("value", ["-2", "0", "x"])
+def test_synthetic_full_every_takes_a_positive_count(cli: RunCli, repo: Path, make_image: MakeImage,
+                                                     value: str) -> None:
+    image = make_image(MiB)
+    assert cli("full", "-r", repo, image).code == 0
+    cli("incr", "-r", repo, image, "--synthetic-full-every", value).assert_one_line_error(2, "synthetic-full-every")
+    assert len(cli("list", "-r", repo, "--json").json["backups"]) == 1
+
+
+@pytest.mark.parametrize("option, value", [("--wait-lock", ""), ("--since", ""), ("--diff-storage-limit", ""),
+                                           ("--s3-timeout", "nan"), ("--ceph-timeout", "nan"), ("--as-of", "")])
+def test_an_empty_or_not_a_number_value_is_refused_not_ignored(cli: RunCli, repo: Path, make_image: MakeImage,
+                                                               option: str, value: str) -> None:
+    image = make_image(MiB)
+    assert cli("full", "-r", repo, image).code == 0
+    result = cli("incr", "-r", repo, image, option, value)
+    assert result.code != 0 and result.code != 70, (result.code, result.err)
+    assert len(result.err.strip().splitlines()) == 1, result.err
+    assert len(cli("list", "-r", repo, "--json").json["backups"]) == 1

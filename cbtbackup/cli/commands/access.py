@@ -33,7 +33,7 @@ def mount(repo: str, endpoint_url: str | None, mountpoint: str, name: str | None
     To reach files: losetup -r -P -f --show MOUNTPOINT/CHAIN/latest.img, then mount -o ro /dev/loopNp1 DIR."""
     from cbtbackup.access.running import MountOptions, run_mount
 
-    options = MountOptions(mountpoint, name, parse_size(cache_size), backup, parse_when(at) if at else None)
+    options = MountOptions(mountpoint, name, parse_size(cache_size), backup, parse_when(at) if at is not None else None)
     count = run_mount(open_repo(repo, endpoint_url), options, _ready)
     emit(as_json, {"mountpoint": mountpoint, "backups": count, "unmounted": True}, [f"unmounted {mountpoint}"])
 
@@ -51,7 +51,7 @@ def serve(repo: str, endpoint_url: str | None, backup: str, listen: str, cache_s
     """Serve BACKUP read-only over NBD (qemu-img, qemu-nbd, nbd-client, a VM's disk) until Ctrl-C or SIGTERM."""
     from cbtbackup.access.running import ServeOptions, run_serve
 
-    options = ServeOptions(backup, listen, parse_size(cache_size), parse_when(at) if at else None)
+    options = ServeOptions(backup, listen, parse_size(cache_size), parse_when(at) if at is not None else None)
     served = run_serve(open_repo(repo, endpoint_url), options, _ready)
     emit(as_json, {"backup": served, "listen": listen, "stopped": True}, [f"stopped serving {served}"])
 

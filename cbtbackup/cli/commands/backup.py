@@ -20,18 +20,21 @@ from cbtbackup.pipeline.tracking_check import UnchangedSample
 
 def _backup(repo: str, endpoint_url: str | None, sources: tuple[str, ...], kind: Literal["full", "incr"],
             name: str | None, provider: str, state_dir: str | None, freeze: str | None, diff_storage: str | None,
-            diff_storage_limit: str | None, rename_source: bool, wait_lock: str | None, synthetic_every: int,
+            diff_storage_limit: str | None, rename_source: bool, wait_lock: str | None, synthetic_every: int | None,
             qmp: str | None, device: tuple[str, ...], ceph: CephOptions, verify_unchanged: str | None,
             since: str | None, keep_base: bool, as_json: bool) -> None:
     sample = UnchangedSample.parse(verify_unchanged) if verify_unchanged is not None else UnchangedSample()
     options = BackupOptions(source=sources[0], kind=kind, name=name, provider=provider, state_dir=state_dir,
                             freeze=freeze, diff_storage=diff_storage,
-                            diff_storage_limit=parse_size(diff_storage_limit) if diff_storage_limit else None,
-                            rename_source=rename_source, wait_lock=parse_wait(wait_lock) if wait_lock else 0.0,
-                            synthetic_full_every=synthetic_every, qmp=qmp,
+                            diff_storage_limit=None if diff_storage_limit is None else parse_size(diff_storage_limit),
+                            rename_source=rename_source,
+                            wait_lock=0.0 if wait_lock is None else parse_wait(wait_lock),
+                            synthetic_full_every=synthetic_every or 0, qmp=qmp,
                             device=device[0] if len(sources) == 1 and len(device) == 1 else None,
                             devices=device if len(sources) > 1 else (), ceph=ceph,
                             unchanged_sample=sample, since=since, keep_base=keep_base)
+    if since is not None and not since.strip():
+        raise UsageError("--since takes a backup of the chain (an id) or 'full'")
     if len(sources) == 1 and len(device) > 1:
         raise UsageError("one SOURCE, one --device")
     repository = open_repo(repo, endpoint_url)
@@ -73,7 +76,8 @@ def _backup_command(kind: Literal["full", "incr"], doc: str) -> click.Command:
                   help="blksnap: the most the difference storage may grow to (default: a tenth of the devices).")
     @click.option("--wait-lock", metavar="DURATION",
                   help="Wait up to this long (30s, 5m, 1h) for another writer of the chain, or a prune.")
-    @click.option("--synthetic-full-every", "synthetic_every", type=int, default=0, metavar="N", hidden=kind == "full",
+    @click.option("--synthetic-full-every", "synthetic_every", type=click.IntRange(min=1), default=None, metavar="N",
+                  hidden=kind == "full",
                   help="After the backup, write a synthetic full once the chain holds N incrementals.")
     @click.option("--qmp", metavar="SOCKET",
                   help="qemu: the QMP socket of the VM that runs SOURCE (default: an offline image).")
@@ -95,7 +99,7 @@ def _backup_command(kind: Literal["full", "incr"], doc: str) -> click.Command:
     @json_option
     def command(repo: str, endpoint_url: str | None, sources: tuple[str, ...], name: str | None, provider: str,
                 state_dir: str | None, freeze: str | None, diff_storage: str | None,
-                diff_storage_limit: str | None, rename_source: bool, wait_lock: str | None, synthetic_every: int,
+                diff_storage_limit: str | None, rename_source: bool, wait_lock: str | None, synthetic_every: int | None,
                 qmp: str | None, device: tuple[str, ...], ceph: CephOptions, verify_unchanged: str | None,
                 since: str | None, keep_base: bool, as_json: bool) -> None:
         _backup(repo, endpoint_url, sources, kind, name, provider, state_dir, freeze, diff_storage,

@@ -26,7 +26,7 @@ def wait_lock_option(f: click.decorators.FC) -> click.decorators.FC:
 
 
 def _wait(text: str | None) -> float:
-    return parse_wait(text) if text else 0.0
+    return parse_wait(text) if text is not None else 0.0
 
 
 def _prune_lines(r: PruneResult) -> list[str]:

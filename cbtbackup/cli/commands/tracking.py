@@ -42,7 +42,7 @@ def track(image: str | None, reattach_all: bool, block_size: str | None, state_d
         return
     if image is None:
         raise UsageError("say which IMAGE to track (or --reattach-all)")
-    bs = parse_size(block_size) if block_size else None
+    bs = parse_size(block_size) if block_size is not None else None
     with TrackedVolume.track(image, bs, state_dir=state_dir, durable=durable) as vol:
         info = vol.cbt_info()
         state = str(vol.state_dir)

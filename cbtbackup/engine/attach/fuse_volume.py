@@ -15,6 +15,7 @@ import threading
 import time
 from typing import Any
 
+from cbtbackup.engine.attach.libfuse_stderr import without_false_alarm
 from cbtbackup.engine.attach.write_gate import WriteGate
 from cbtbackup.engine.snapshot import SnapshotImage
 from cbtbackup.engine.volume import TrackedVolume
@@ -157,5 +158,6 @@ class _ZeroCopyFUSE(mfusepy.FUSE):  # type: ignore[misc]
 
 def serve(fs: VolumeFS, mountdir: str) -> None:
     """Mount and serve until unmounted (blocks; run it in a thread)."""
-    _ZeroCopyFUSE(fs, mountdir, foreground=True, nothreads=False, fsname="cbtbackup", subtype="cbtbackup",
-                 default_permissions=True)
+    with without_false_alarm():
+        _ZeroCopyFUSE(fs, mountdir, foreground=True, nothreads=False, fsname="cbtbackup", subtype="cbtbackup",
+                      default_permissions=True)
