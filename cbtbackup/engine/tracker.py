@@ -10,7 +10,8 @@ see"):
 - the tracker was not closed cleanly (process killed, machine crashed): nothing recorded the file as it was
   when tracking stopped, so a write made afterwards could not be told apart — new generation;
 - closed cleanly, then the image's identity (inode, size, ctime) differs: something wrote it meanwhile;
-- the state was written by an older version that recorded mtime, which ``touch -r`` can restore.
+- the state was written by an older version that recorded mtime, which ``touch -r`` can restore;
+- the state cannot be read at all (truncated, overwritten, another format): it is made anew.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ import uuid
 from pathlib import Path
 
 from cbtbackup.engine.cbt import CbtInfo
+from cbtbackup.engine.errors import TrackerStateError
 from cbtbackup.engine.file_identity import Identity
-from cbtbackup.engine.geometry import ceil_div, index_range
+from cbtbackup.engine.geometry import ceil_div, index_range, tracking_block_size
 from cbtbackup.engine.tracker_state import TrackerHeader, TrackerStateFile, current_boot_id
 
 STATE_FILE = "tracker"
@@ -57,8 +59,19 @@ class ChangeTracker:
 
     @classmethod
     def load(cls, state_dir: Path, capacity: int, identity: Identity) -> ChangeTracker:
-        """Open the persisted state and apply the crash rules; the tracker is then marked in use."""
-        state = TrackerStateFile(state_dir / STATE_FILE)
+        """Open the persisted state and apply the crash rules; the tracker is then marked in use.
+
+        State that cannot be read — truncated, overwritten, of another format — vouches for nothing: it is
+        replaced by a new generation (the next incremental scans and says why), never an error."""
+        try:
+            state = TrackerStateFile(state_dir / STATE_FILE)
+        except TrackerStateError:  # the reason is kept in 64 bytes of the header: short
+            tracker = cls.create(state_dir, capacity, tracking_block_size(capacity), False, identity)
+            tracker.header.reset_reason = "the tracker state was unreadable; tracking started again"
+            tracker.header.clean = False
+            tracker.header.boot_id = current_boot_id()
+            tracker._state.commit(durable=True)
+            return tracker
         h = state.header
         boot_id = current_boot_id()
         if h.capacity != capacity:

@@ -76,14 +76,16 @@ class TrackerHeader:
     @classmethod
     def unpack(cls, raw: bytes) -> TrackerHeader | None:
         """The header in ``raw``, or None when the slot is empty or torn."""
+        if len(raw) < _HEADER.size + _CRC.size:  # a truncated file
+            return None
         body = raw[: _HEADER.size]
         (crc,) = _CRC.unpack_from(raw, _HEADER.size)
         if zlib.crc32(body) != crc:
             return None
         (magic, version, seq, generation, block_size, block_count, capacity, previous, active, clean,
          durable, boot_id, ino, size, stamp, reason) = _HEADER.unpack(body)
-        if magic != MAGIC:
-            return None
+        if magic != MAGIC or not block_size or block_size & (block_size - 1) or active not in range(1, 256):
+            return None  # not ours, or nonsense that happens to carry a matching checksum
         if version not in READABLE_VERSIONS:
             raise TrackerStateError(f"tracker state format {version} is not supported (this is {FORMAT_VERSION})")
         return cls(generation, block_size, block_count, capacity, previous, active, bool(clean), bool(durable),
