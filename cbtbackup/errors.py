@@ -50,6 +50,10 @@ class NotFoundError(CbtError):
     exit_code = 3
 
 
+class BucketMissingError(NotFoundError):
+    """The place that would hold the repository is not there (an S3 bucket): not "no repository in it"."""
+
+
 class BusyError(CbtError):
     """Held by someone else: a lock, a snapshot."""
 
@@ -129,7 +133,7 @@ def os_error(e: OSError, doing: str) -> CbtError:
 
 
 __all__ = [
-    "BusyError", "CbtError", "CorruptDataError", "NameTooLongError", "NotADirError", "NotFoundError",
-    "PermissionDeniedError", "ReadOnlyError", "SnapshotFailedError", "StorageError", "TransientStorageError",
-    "UsageError", "os_error",
+    "BucketMissingError", "BusyError", "CbtError", "CorruptDataError", "NameTooLongError", "NotADirError",
+    "NotFoundError", "PermissionDeniedError", "ReadOnlyError", "SnapshotFailedError", "StorageError",
+    "TransientStorageError", "UsageError", "os_error",
 ]

@@ -30,7 +30,7 @@ import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 
-from cbtbackup.errors import CorruptDataError, NotFoundError, UsageError
+from cbtbackup.errors import BucketMissingError, CorruptDataError, NotFoundError, UsageError
 from cbtbackup.model.extent_map import ExtentMap, resolve_chain
 from cbtbackup.repo.chunk_codec import ChunkCodec, CorruptChunkError, MissingChunkError
 from cbtbackup.repo.chunk_presence import ChunkPresence, chunk_presence
@@ -126,6 +126,8 @@ class Repository:
         asked only then) and its config checked against the MAC made with its key."""
         try:
             raw = store.get(CONFIG_KEY)
+        except BucketMissingError:
+            raise
         except NotFoundError:
             raise NotFoundError(f"{location} is not a cbtbackup repository (no config); create one with init") from None
         config = RepositoryConfig.from_bytes(raw, location)

@@ -15,11 +15,19 @@ import builtins
 import dataclasses
 import datetime
 import io
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
 
-from cbtbackup.errors import NotFoundError, RetainedError, StorageError, TransientStorageError, UsageError
+from cbtbackup.errors import (
+    BucketMissingError,
+    NotFoundError,
+    RetainedError,
+    StorageError,
+    TransientStorageError,
+    UsageError,
+)
 from cbtbackup.model.durations import format_when
 from cbtbackup.repo.retention import RetentionPolicy
 from cbtbackup.repo.s3_point_in_time import PointInTime
@@ -70,12 +78,27 @@ class ObjectExistsError(StorageError):
     """A conditional put found an object at its key (only ``put_if_absent`` sees it)."""
 
 
+# S3's bucket naming rules (AWS, and what RGW and MinIO enforce by default): 3 to 63 characters, lowercase
+# letters, digits, dots and hyphens, a letter or digit at each end, not an IP address.
+_BUCKET_RULES = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_IP_ADDRESS = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
+# What no S3 server accepts at all: botocore's own check is this lenient (old buckets may hold capitals).
+_BUCKET_CHARACTERS = re.compile(r"^[A-Za-z0-9._-]{1,255}$")
+BUCKET_RULES_TEXT = "3 to 63 lowercase letters, digits, '.' and '-', a letter or digit at each end"
+
+
+def bucket_name_valid(bucket: str) -> bool:
+    return bool(_BUCKET_RULES.match(bucket)) and not _IP_ADDRESS.match(bucket) and ".." not in bucket
+
+
 def parse_s3_url(url: str) -> tuple[str, str]:
     """``s3://bucket/some/prefix`` → ("bucket", "some/prefix/")."""
     rest = url[len("s3://"):]
     bucket, _, prefix = rest.partition("/")
     if not bucket:
         raise UsageError(f"{url!r} names no bucket (expected s3://BUCKET/PREFIX)")
+    if not _BUCKET_CHARACTERS.match(bucket):
+        raise UsageError(f"invalid bucket name {bucket!r}: S3 bucket names are {BUCKET_RULES_TEXT}")
     prefix = prefix.strip("/")
     return bucket, prefix + "/" if prefix else ""
 
@@ -320,8 +343,17 @@ class S3Store(Store):
             if code == "InvalidStorageClass" or (code == "InvalidArgument" and action == "write"
                                                  and self.options.storage_class and key.startswith(CHUNKS_PREFIX)):
                 raise UsageError(f"the server does not offer storage class {self.options.storage_class!r}") from None
+            if code == "InvalidBucketName" or (code in _NO_BUCKET | _NOT_FOUND and not bucket_name_valid(self.bucket)):
+                raise UsageError(f"invalid bucket name {self.bucket!r}: S3 bucket names are {BUCKET_RULES_TEXT}") \
+                    from None
             if code in _NO_BUCKET:
-                raise NotFoundError(f"bucket {self.bucket!r} does not exist") from None
+                raise BucketMissingError(f"bucket {self.bucket!r} does not exist") from None
+            if code in ("", "404") and status == "404" and getattr(fn, "__name__", "") != "head_object":
+                # An S3 server names what is missing (NoSuchKey, NoSuchBucket) in an XML body; only a HEAD
+                # answer has no body. A bare 404 to anything else is a web server, not S3.
+                raise StorageError(f"{self.options.endpoint_url or 'the endpoint'} answered {action} of "
+                                   f"{self._where(key)} with a plain 404, not an S3 error: it does not look like an "
+                                   "S3 server (check --endpoint-url)") from None
             if code in _NOT_FOUND or status == "404":
                 raise NotFoundError(f"{self._where(key)}: no such object") from None
             if code == "RequestTimeTooSkewed":
