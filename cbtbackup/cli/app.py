@@ -18,7 +18,7 @@ from typing import Any, TypeVar, cast
 import click
 
 from cbtbackup import __version__
-from cbtbackup.errors import CbtError
+from cbtbackup.errors import CbtError, UsageError, os_error
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_INTERNAL = 70
@@ -77,12 +77,6 @@ class LazyGroup(click.Group):
             formatter.write_dl([(name, short) for name, (_, _, short) in COMMANDS.items()])
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="cbtbackup")
-def cli() -> None:
-    """Block-level incremental backups of volumes and disk images, with changed block tracking."""
-
-
 class Seconds(click.FloatRange):
     """A number of seconds in a range; ``nan`` is no number (click's range check lets it through)."""
 
@@ -93,6 +87,28 @@ class Seconds(click.FloatRange):
         if not math.isfinite(converted):
             self.fail(f"{value!r} is not a number of seconds", param, ctx)
         return converted
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="cbtbackup")
+@click.option("-q", "--quiet", is_flag=True,
+              help="No progress and no summary; warnings and errors only (any command, anywhere on the line).")
+@click.option("-v", "--verbose", count=True, help="Say each step on stderr; -vv for more.")
+@click.option("--progress-interval", type=Seconds(min=0.1, max=86400), envvar="CBTBACKUP_PROGRESS_INTERVAL",
+              metavar="SECONDS", help="A status line every SECONDS for long work, also when stderr is no terminal "
+                                      "(journald, cron); instead of the progress bar.")
+@click.option("--log-file", envvar="CBTBACKUP_LOG_FILE", metavar="FILE",
+              help="Append what is said on stderr, and the -v steps, to FILE with timestamps.")
+def cli(quiet: bool, verbose: int, progress_interval: float | None, log_file: str | None) -> None:
+    """Block-level incremental backups of volumes and disk images, with changed block tracking."""
+    from cbtbackup.cli.output import configure
+
+    if quiet and verbose:
+        raise UsageError("-q and -v contradict each other")
+    try:
+        configure(quiet, verbose, progress_interval, log_file)
+    except OSError as e:
+        raise os_error(e, f"cannot open the log file {log_file}") from None
 
 
 def repo_option(f: F) -> F:
@@ -182,21 +198,30 @@ def json_option(f: F) -> F:
 def emit(as_json: bool, payload: dict[str, Any], lines: list[str], err: bool = False) -> None:
     """Print the result: human lines, or the JSON object as the last line of stdout (of stderr with
     ``err``, when stdout carries data)."""
+    from cbtbackup.cli.output import CURRENT, echoed
+
     if as_json:
         click.echo(json.dumps(payload, sort_keys=True), err=err)
-    else:
+    elif not CURRENT.quiet:
         for line in lines:
             click.echo(line, err=err)
+            echoed(line)
 
 
 def warn(message: str) -> None:
     """A line on stderr that is not an error (a damaged object passed over, a fallback taken)."""
+    from cbtbackup.cli.output import echoed
+
     click.echo(f"cbtbackup: warning: {message}", err=True)
+    echoed(f"warning: {message}")
 
 
 def fail(message: str, code: int, as_json: bool = False, details: dict[str, Any] | None = None) -> int:
     """One line on stderr; with ``--json`` also one JSON object on stdout, for scripts."""
+    from cbtbackup.cli.output import echoed
+
     click.echo(f"cbtbackup: error: {message}", err=True)
+    echoed(f"error: {message} (exit {code})")
     if as_json:
         click.echo(json.dumps({"error": message, "exit_code": code, **(details or {})}, sort_keys=True))
     return code
@@ -220,7 +245,9 @@ def _sigterm_unwinds() -> Iterator[None]:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run a command and map every error to one line on stderr and an exit code."""
-    args = sys.argv[1:] if argv is None else argv
+    from cbtbackup.cli.output import hoist
+
+    args = hoist(sys.argv[1:] if argv is None else list(argv))
     as_json = "--json" in args
     try:
         with _sigterm_unwinds():

@@ -10,6 +10,7 @@ A CBT incremental packs its extents shorter than a chunk into shared chunks (``p
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 import time
 from array import array
@@ -56,6 +57,7 @@ if TYPE_CHECKING:  # the QEMU provider loads asyncio, the RBD one librados: impo
     from cbtbackup.engine.rbd.cluster import CephOptions
     from cbtbackup.engine.rbd.provider import RbdProvider
 
+log = logging.getLogger(__name__)  # the steps ``-v`` shows (cli/output.py)
 READ_SPAN = 8 << 20  # consecutive extents are read from the snapshot this many bytes at a time
 SCAN_BLOCK = 64 << 10  # what a scan compares at when nothing tracks the source: blksnap's tracking block
 
@@ -130,14 +132,18 @@ def run_backup(
                                diff_storage=options.diff_storage, diff_storage_limit=options.diff_storage_limit,
                                notice=progress.notice, qmp=options.qmp, device=options.device,
                                ceph=options.ceph)
+    log.info("%s of %s through the %s provider", options.kind, provider.source, provider.name)
     explicit = check_name(options.name) if options.name else None
     _check_since(options)
     with _chain_lock(repo, options, candidate_names(provider.source, explicit), progress) as lock:
         name = chain_for(repo, provider.source, explicit, options.rename_source)
+        log.info("chain %s; lock held", name)
         base = resolve_since(repo, name, options.since) if options.since else None
         _tell_history(repo, provider, options, name, base)
         hook("snapshot-taking")
+        taking = time.monotonic()
         with provider.open_snapshot() as session:
+            log.info("snapshot taken in %.2f s", time.monotonic() - taking)
             hook("snapshot-taken")
             result = backup_session(repo, session, options.kind, name, progress, config, _checked(lock, hook),
                                     options.unchanged_sample, base)
@@ -323,6 +329,8 @@ def backup_session(
     check = _Check(unchanged_sample if unchanged_sample is not None else UnchangedSample())
     method, extents, total, previous = _plan(session, prev_manifest, prev_map, repo, lost, note, check,
                                              f"the base backup {parent.id}" if differential and parent else "")
+    log.info("%s backup by %s: %d bytes to read of %d, parent %s", "full" if prev_map is None else "incremental",
+             method, total, size, parent.id if parent is not None and prev_map is not None else "none")
     progress.start(total, f"{'full' if prev_map is None else 'incr'} {name}")
     # Chunks of the chain are known to exist — except those verify found bad or missing.
     known = _digests(prev_map) - lost if prev_map is not None else set()
@@ -355,8 +363,11 @@ def backup_session(
         cbt=session.cbt.info.checkpoint() if session.cbt and not lied else None,
         stats=writer.stats,
     )
+    log.info("read and stored in %.2f s: %d new chunks, %d reused; writing the manifest",
+             writer.stats.duration_s, writer.stats.chunks_new, writer.stats.chunks_reused)
     hook("before-commit")
     repo.save_manifest(manifest)
+    log.info("backup %s committed", manifest.ref.id)
     if lied:  # the tracker keeps a short reason (64 bytes): the whole line is in this backup's notes
         session.distrust("a backup caught the tracking under-reporting")
     else:

@@ -87,7 +87,7 @@ def test_list_shows_source_and_host(cli: RunCli, tmp_path: Path) -> None:
     image.write_bytes(os.urandom(1 << 20))
     cli("init", "-r", tmp_path / "repo")
     assert cli("full", "-r", tmp_path / "repo", image, "--provider", "scan").code == 0
-    listed = cli("list", "-r", tmp_path / "repo")
+    listed = cli("list", "-r", tmp_path / "repo", "--long")
     assert str(image) in listed.out and os.uname().nodename in listed.out
     row = cli("list", "-r", tmp_path / "repo", "--json").json["backups"][0]
     assert row["source"] == str(image) and row["host"] == os.uname().nodename

@@ -45,8 +45,9 @@ def _backup(repo: str, endpoint_url: str | None, sources: tuple[str, ...], kind:
     lines = []
     for result in results:
         m, s = result.manifest, result.manifest.stats
-        lines.append(f"backup {m.ref.id} ({m.ref.name}): {m.kind} by {m.method}, "
-                     f"{format_size(s.bytes_scanned)} read, {format_size(s.bytes_changed)} changed, "
+        how = "full" if m.kind == "full" else f"incr by {m.method}"
+        changed = "" if m.kind == "full" else f", {format_size(s.bytes_changed)} changed"  # a full: all of it
+        lines.append(f"backup {m.ref.id} ({m.ref.name}): {how}, {format_size(s.bytes_scanned)} read{changed}, "
                      f"{format_size(s.bytes_stored)} stored ({s.chunks_new} new chunks, {s.chunks_reused} reused) "
                      f"in {s.duration_s:.2f} s")
     payload = results[0].to_json() if len(results) == 1 else {"backups": [r.to_json() for r in results]}

@@ -61,26 +61,42 @@ def _lock_text(config: RepositoryConfig) -> str:
     return f", every object locked ({config.lock_mode}) for {format_duration(config.lock_seconds)} after its write"
 
 
+COMPACT_WIDTH = 100  # the default table fits a 100-column terminal; --long shows every column
+
+
 @click.command(name="list")
 @repo_option
-@click.option("--name", help="Only the backups of this chain.")
+@click.option("--chain", "--name", "name", metavar="NAME", help="Only the backups of this chain.")
+@click.option("--host", help="Only the backups taken on this host.")
+@click.option("--last", type=click.IntRange(min=1), metavar="N", help="Only the N newest backups of each chain.")
+@click.option("--long", "long_format", is_flag=True,
+              help="Every column: parent, bytes only this backup uses (ALONE), host and source.")
 @click.option("--alone/--no-alone", default=None,
-              help="Compute ALONE (bytes only this backup uses). Default: yes for the whole repository, no with "
-                   "--name, since it reads the map of every backup of every chain.")
+              help="Compute ALONE (bytes only this backup uses). Default: with --long or --json for the whole "
+                   "repository, not with --chain, since it reads the map of every backup of every chain.")
 @json_option
-def list_backups(repo: str, endpoint_url: str | None, name: str | None, alone: bool | None, as_json: bool) -> None:
-    """List backups: id, chain, kind, parent, time, size, bytes stored when it was made, bytes only it
-    still uses (what forgetting it and pruning would free), host and source."""
+def list_backups(repo: str, endpoint_url: str | None, name: str | None, host: str | None, last: int | None,
+                 long_format: bool, alone: bool | None, as_json: bool) -> None:
+    """List backups, oldest first within each chain: id, time, kind and method, size, bytes stored when it
+    was made, chain; with --long also the parent, the bytes only it still uses (what forgetting it and
+    pruning would free), host and source."""
     repository = open_repo(repo, endpoint_url)
     rows: list[dict[str, Any]] = []
     unreadable: list[dict[str, str]] = []
     refs = repository.list_backups(name)
+    if last is not None:
+        by_chain: dict[str, list[BackupRef]] = {}
+        for ref in refs:
+            by_chain.setdefault(ref.name, []).append(ref)
+        refs = [ref for chain in by_chain.values() for ref in chain[-last:]]
     repository.prefetch_manifests(refs)
     for ref in refs:
         try:
             m = repository.load_manifest(ref)
         except CorruptDataError as e:  # one bad manifest must not hide the others
             unreadable.append({"id": ref.id, "name": ref.name, "error": str(e)})
+            continue
+        if host is not None and m.host != host:
             continue
         rows.append({
             "id": ref.id, "name": ref.name, "stamp": ref.stamp, "kind": m.kind, "method": m.method,
@@ -90,25 +106,46 @@ def list_backups(repo: str, endpoint_url: str | None, name: str | None, alone: b
             "bytes_stored": m.stats.bytes_stored,
         })
     # ALONE needs every backup's map: one chain's list in a bucket of many hosts would read them all.
-    if alone if alone is not None else name is None:
+    wanted = alone if alone is not None else name is None and (long_format or as_json)
+    if wanted:
         only = bytes_alone(repository, [BackupRef(r["name"], r["stamp"], r["id"]) for r in rows])
         for r in rows:
             r["bytes_alone"] = only.get(r["id"], 0)
     else:
         for r in rows:
             r["bytes_alone"] = None
+    lines = _long_table(rows) if long_format else _compact_table(rows)
+    for bad in unreadable:
+        warn(f"backup {bad['id']} ({bad['name']}) cannot be read: {bad['error']}")
+    emit(as_json, {"backups": rows, "unreadable": unreadable}, lines)
+
+
+def _when(row: dict[str, Any]) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(row["created"]))
+
+
+def _compact_table(rows: list[dict[str, Any]]) -> list[str]:
+    head = f"{'ID':16}  {'TIME (UTC)':19}  {'KIND':9}  {'SIZE':>8}  {'STORED':>8}  "
+    room = COMPACT_WIDTH - len(head)
+    lines = [head + "CHAIN"]
+    for r in rows:
+        kind = "full" if r["kind"] == "full" else f"incr/{r['method']}"
+        chain = r["name"] if len(r["name"]) <= room else r["name"][:room - 1] + "…"
+        lines.append(f"{r['id']:16}  {_when(r):19}  {kind:9}  {format_size(r['device_size']):>8}  "
+                     f"{format_size(r['bytes_stored']):>8}  {chain}")
+    return lines
+
+
+def _long_table(rows: list[dict[str, Any]]) -> list[str]:
     width = max([len("NAME"), *(len(r["name"]) for r in rows)])
     lines = [f"{'ID':16}  {'NAME':{width}}  {'KIND':4}  {'METHOD':9}  {'PARENT':16}  {'TIME (UTC)':19}  "
              f"{'SIZE':>10}  {'STORED':>10}  {'ALONE':>10}  HOST:SOURCE"]
     for r in rows:
         alone_text = format_size(r["bytes_alone"]) if r["bytes_alone"] is not None else "-"
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r["created"]))
         lines.append(f"{r['id']:16}  {r['name']:{width}}  {r['kind']:4}  {r['method']:9}  {r['parent'] or '-':16}  "
-                     f"{when:19}  {format_size(r['device_size']):>10}  {format_size(r['bytes_stored']):>10}  "
+                     f"{_when(r):19}  {format_size(r['device_size']):>10}  {format_size(r['bytes_stored']):>10}  "
                      f"{alone_text:>10}  {r['host'] or '?'}:{r['source']}")
-    for bad in unreadable:
-        warn(f"backup {bad['id']} ({bad['name']}) cannot be read: {bad['error']}")
-    emit(as_json, {"backups": rows, "unreadable": unreadable}, lines)
+    return lines
 
 
 @click.command()
