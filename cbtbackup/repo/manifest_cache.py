@@ -6,13 +6,20 @@ ETag) changes: a copy is used only when its version is the one the store lists, 
 again from the store). Each copy is checked against its own BLAKE3 trailer when read. With the cache, a
 backup fetches at most the manifests it has not seen, instead of its whole chain on every run. The cache
 lives in ``$CBTBACKUP_CACHE_DIR``, else ``$XDG_CACHE_HOME/cbtbackup``, else ``~/.cache/cbtbackup``, one
-folder per repository id. Losing it costs only requests.
+folder per repository id. Losing it costs only requests. Opening a repository touches its folder, so
+``cbtbackup cache --cleanup`` can tell the folders of repositories no longer used (30 days, as restic).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
+import shutil
+import time
 from pathlib import Path
+
+DEFAULT_MAX_AGE = 30 * 86400
 
 
 def default_cache_root() -> Path:
@@ -22,9 +29,48 @@ def default_cache_root() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "cbtbackup"
 
 
+@dataclasses.dataclass(frozen=True)
+class CacheFolder:
+    """One repository's folder in the cache."""
+
+    path: Path
+    repository_id: str
+    files: int
+    size: int
+    used: float  # when a command last opened the repository (the folder's mtime)
+
+
+def cache_folders(root: Path) -> list[CacheFolder]:
+    """The repositories' folders under ``root``: only folders that hold a ``manifests`` folder, so
+    nothing else that happens to live there is ever counted or removed."""
+    found = []
+    try:
+        entries = sorted(root.iterdir())
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.is_dir() or entry.is_symlink() or not (entry / "manifests").is_dir():
+            continue
+        files = [f for f in (entry / "manifests").iterdir() if f.is_file()]
+        found.append(CacheFolder(entry, entry.name, len(files), sum(f.stat().st_size for f in files),
+                                 entry.stat().st_mtime))
+    return found
+
+
+def remove_unused(root: Path, max_age: float, now: float | None = None) -> list[CacheFolder]:
+    """Remove the folders of repositories not opened for ``max_age`` seconds; the ones removed."""
+    now = time.time() if now is None else now
+    old = [f for f in cache_folders(root) if now - f.used > max_age]
+    for folder in old:
+        shutil.rmtree(folder.path, ignore_errors=True)
+    return old
+
+
 class ManifestCache:
     def __init__(self, root: Path, repository_id: str) -> None:
         self.dir = root / repository_id / "manifests"
+        with contextlib.suppress(OSError):  # "used now", for cache --cleanup; an unwritable cache is only slower
+            os.utime(root / repository_id)
 
     def _path(self, key: str) -> Path:
         return self.dir / key.replace("/", "%")

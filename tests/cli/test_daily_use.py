@@ -110,3 +110,24 @@ def test_status_lines_every_interval_where_stderr_is_no_terminal(repo: Path, tmp
                             "--provider", "scan"], capture_output=True, text=True, timeout=300,
                            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
     assert quiet.returncode == 0 and " of 768.0 MiB (" not in quiet.stderr  # not asked: no status lines
+
+
+def test_cache_shows_and_cleans_up_unused_folders(cli: RunCli, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "cache"
+    monkeypatch.setenv("CBTBACKUP_CACHE_DIR", str(root))
+    for name, days in (("old-repository", 40), ("recent-repository", 2)):
+        (root / name / "manifests").mkdir(parents=True)
+        (root / name / "manifests" / "backups%x").write_bytes(b"v\n" + bytes(1000))
+        when = time.time() - days * 86400
+        os.utime(root / name, (when, when))
+    (root / "not-ours").mkdir()  # no manifests folder: never touched
+    shown = cli("cache", "--json")
+    assert shown.code == 0 and shown.json["root"] == str(root)
+    assert sorted(r["id"] for r in shown.json["repositories"]) == ["old-repository", "recent-repository"]
+    cleaned = cli("cache", "--cleanup", "--json")
+    assert [r["id"] for r in cleaned.json["removed"]] == ["old-repository"]
+    assert sorted(p.name for p in root.iterdir()) == ["not-ours", "recent-repository"]
+    assert "removed 1 folder(s) unused for 1d" in cli("cache", "--cleanup", "--max-age", "1d").out
+    assert sorted(p.name for p in root.iterdir()) == ["not-ours"]
+    cli("cache", "--cleanup", "--max-age", "soon").assert_one_line_error(2, "not an age")
