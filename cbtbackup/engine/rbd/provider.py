@@ -89,11 +89,17 @@ class RbdSession(SnapshotSession):
 
     def group(self) -> tuple[int, str] | None:
         """The (pool id, name) of the RBD group the image is in, if any."""
-        info = self._head.group()
+        try:
+            info = self._head.group()
+        except self._errors as e:
+            raise ceph_error(e, f"cannot read the RBD group of {self.spec}") from None
         return (int(info["pool"]), str(info["name"])) if info["name"] else None
 
     def has_exclusive_lock(self) -> bool:
-        return bool(self._head.features() & self._cluster.rbd.RBD_FEATURE_EXCLUSIVE_LOCK)
+        try:
+            return bool(self._head.features() & self._cluster.rbd.RBD_FEATURE_EXCLUSIVE_LOCK)
+        except self._errors as e:
+            raise ceph_error(e, f"cannot read the features of {self.spec}") from None
 
     def read_group_snapshot(self, group_snap: str) -> None:
         """Read the image at its part of the group snapshot ``group_snap``, taken after :meth:`_anchor`.
