@@ -4,6 +4,9 @@ and written through librbd, and what each image held at the moment a backup took
 from __future__ import annotations
 
 import contextlib
+import os
+import re
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -135,3 +138,25 @@ def read_image(ioctx: Any, name: str) -> bytes:
 
 
 __all__ = ["POOL", "Image", "MiB", "read_image", "remove_image"]
+
+
+def documented_backup_caps(pool: str) -> tuple[str, str]:
+    """The mon and osd caps docs/ceph.md gives the backup role, for ``pool`` (the docs say ``vms``)."""
+    text = (Path(__file__).parents[2] / "docs" / "ceph.md").read_text()
+    block = re.search(r"ceph auth get-or-create client\.cbtbackup \\\n\s+mon '([^']+)' \\\n\s+osd '([^']+)'", text)
+    assert block is not None, "docs/ceph.md no longer shows the backup role's caps"
+    return block.group(1), block.group(2).replace("pool=vms", f"pool={pool}")
+
+
+@contextlib.contextmanager
+def documented_backup_role(ceph_conf: str, where: Path) -> Iterator[tuple[str, Path]]:
+    """A cephx user with docs/ceph.md's backup caps on the test pool, and its keyring; removed after."""
+    mon, osd = documented_backup_caps(POOL)
+    user = f"cbt-{os.urandom(3).hex()}"
+    keyring = where / "backup.keyring"
+    subprocess.run(["ceph", "-c", ceph_conf, "auth", "get-or-create", f"client.{user}", "mon", mon, "osd", osd,
+                    "-o", str(keyring)], check=True, capture_output=True)
+    try:
+        yield user, keyring
+    finally:
+        subprocess.run(["ceph", "-c", ceph_conf, "auth", "del", f"client.{user}"], capture_output=True)

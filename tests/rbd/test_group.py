@@ -19,8 +19,7 @@ import pytest
 
 from cbtbackup.engine.rbd.cluster import DEBIAN_BINDINGS, bindings
 from tests.conftest import RunCli
-from tests.rbd.conftest import POOL, Image, MiB
-from tests.rbd.test_restore_and_errors import documented_backup_caps
+from tests.rbd.conftest import POOL, Image, MiB, documented_backup_role
 
 RECORD = struct.Struct("<Q")
 WRITER = """
@@ -165,13 +164,8 @@ def test_a_group_snapshot_a_killed_run_left_is_removed_with_a_notice(cli: RunCli
 
 def test_the_documented_backup_role_takes_group_snapshots(cli: RunCli, repo: Path, make_rbd: Any, make_group: Any,
                                                           ceph_conf: str, tmp_path: Path) -> None:
-    mon, osd = documented_backup_caps(POOL)
-    user = f"cbt-{os.urandom(3).hex()}"
-    keyring = tmp_path / "backup.keyring"
-    subprocess.run(["ceph", "-c", ceph_conf, "auth", "get-or-create", f"client.{user}", "mon", mon, "osd", osd,
-                    "-o", str(keyring)], check=True, capture_output=True)
-    role = ("--ceph-id", user, "--keyring", keyring)
-    try:
+    with documented_backup_role(ceph_conf, tmp_path) as (user, keyring):
+        role = ("--ceph-id", user, "--keyring", keyring)
         a, b = make_rbd(4 * MiB), make_rbd(4 * MiB)
         group = make_group(a, b)
         a.write(0, os.urandom(MiB))
@@ -181,5 +175,3 @@ def test_the_documented_backup_role_takes_group_snapshots(cli: RunCli, repo: Pat
         assert [r["method"] for r in runs] == ["cbt", "cbt"]
         assert restored(cli, repo, runs[1]["id"], tmp_path) == b.content()
         assert group.snapshots() == []
-    finally:
-        subprocess.run(["ceph", "-c", ceph_conf, "auth", "del", f"client.{user}"], capture_output=True)

@@ -4,9 +4,7 @@ failure) and what a user gets for bad input: one line, a documented exit code, n
 from __future__ import annotations
 
 import os
-import re
 import socket
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +13,7 @@ import pytest
 
 from cbtbackup.engine.rbd.cluster import bindings
 from tests.conftest import RunCli
-from tests.rbd.conftest import POOL, Image, MiB, read_image, remove_image
+from tests.rbd.conftest import POOL, Image, MiB, documented_backup_role, read_image, remove_image
 
 
 def names(ioctx: Any) -> list[str]:
@@ -105,24 +103,11 @@ def test_a_cluster_that_does_not_answer_is_one_line_within_the_timeout(cli: RunC
     assert time.monotonic() - started < 20
 
 
-def documented_backup_caps(pool: str) -> tuple[str, str]:
-    """The mon and osd caps docs/ceph.md gives the backup role, for ``pool`` (the docs say ``vms``)."""
-    text = (Path(__file__).parents[2] / "docs" / "ceph.md").read_text()
-    block = re.search(r"ceph auth get-or-create client\.cbtbackup \\\n\s+mon '([^']+)' \\\n\s+osd '([^']+)'", text)
-    assert block is not None, "docs/ceph.md no longer shows the backup role's caps"
-    return block.group(1), block.group(2).replace("pool=vms", f"pool={pool}")
-
-
 def test_the_documented_backup_role_backs_up_and_cannot_write_images(cli: RunCli, repo: Path, make_rbd: Any,
                                                                      ioctx: Any, ceph_conf: str,
                                                                      tmp_path: Path) -> None:
-    mon, osd = documented_backup_caps(POOL)
-    user = f"cbt-{os.urandom(3).hex()}"
-    keyring = tmp_path / "backup.keyring"
-    subprocess.run(["ceph", "-c", ceph_conf, "auth", "get-or-create", f"client.{user}", "mon", mon, "osd", osd,
-                    "-o", str(keyring)], check=True, capture_output=True)
-    role = ("--ceph-id", user, "--keyring", keyring)
-    try:
+    with documented_backup_role(ceph_conf, tmp_path) as (user, keyring):
+        role = ("--ceph-id", user, "--keyring", keyring)
         image: Image = make_rbd(8 * MiB)
         image.write(0, os.urandom(2 * MiB))
         assert cli("full", "-r", repo, image.source, *role).code == 0
@@ -146,5 +131,3 @@ def test_the_documented_backup_role_backs_up_and_cannot_write_images(cli: RunCli
         finally:
             handle.shutdown()
         assert image.content() == before
-    finally:
-        subprocess.run(["ceph", "-c", ceph_conf, "auth", "del", f"client.{user}"], capture_output=True)
