@@ -15,18 +15,19 @@ others never meet them again), and clears quarantine entries whose chunks are wh
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 import random
-import threading
 from collections.abc import Iterable
 from typing import Any
 
 from cbtbackup.errors import CbtError, CorruptDataError, UsageError
 from cbtbackup.model.extent_map import ZERO_DIGEST
 from cbtbackup.model.sizes import format_size, parse_size
+from cbtbackup.pipeline.chunk_source import ChunkSource
 from cbtbackup.pipeline.progress import NullProgress, Progress
-from cbtbackup.pipeline.workers import BoundedSubmitter, PipelineConfig
+from cbtbackup.pipeline.workers import PipelineConfig
 from cbtbackup.repo.chunk_codec import CorruptChunkError, MissingChunkError
 from cbtbackup.repo.manifest import BackupRef
 from cbtbackup.repo.repository import CHUNKS_PREFIX, Repository
@@ -197,36 +198,32 @@ def _check_chunks(
     repo: Repository, digests: set[bytes], needed: set[bytes], result: VerifyResult, progress: Progress,
     config: PipelineConfig,
 ) -> dict[bytes, tuple[str, bool]]:
-    """Read and check each chunk; the bad ones, with why and whether they were missing."""
+    """Read and check each chunk through the reading core (its fetchers verify in parallel, ahead of this
+    loop); the bad ones, with why and whether they were missing."""
     bad: dict[bytes, tuple[str, bool]] = {}
-    lock = threading.Lock()
-
-    def check(digest: bytes) -> None:
-        try:
-            data = repo.get_chunk(digest)
-        except MissingChunkError:
-            if digest in needed:
-                with lock:
+    order = sorted(digests)  # object-name order: a local store's directories one after another
+    chunks = ChunkSource(repo.get_chunk, plan=order, uses=collections.Counter(order),
+                         keep_bytes=config.max_inflight_bytes,
+                         fetchers=config.worker_count(repo.store.capabilities().parallelism))
+    progress.start(len(digests) * repo.config.chunk_size, "verify")
+    try:
+        for digest in order:
+            try:
+                data = chunks.get(digest)
+            except MissingChunkError:
+                if digest in needed:
                     bad[digest] = ("missing", True)
-            return
-        except CorruptChunkError as e:
-            with lock:
+                continue
+            except CorruptChunkError as e:
                 bad[digest] = (f"corrupt: {str(e).split(': ', 1)[-1]}", False)
-            return
-        with lock:  # tasks finish in several threads at once
+                continue
+            finally:
+                chunks.release(digest)
             result.chunks_checked += 1
             result.bytes_checked += len(data)
-        progress.advance(len(data))
-
-    progress.start(len(digests) * repo.config.chunk_size, "verify")
-    executor = config.make_executor(config.worker_count(repo.store.capabilities().parallelism))
-    submitter = BoundedSubmitter(executor, config.max_inflight_bytes)
-    try:
-        for digest in digests:
-            submitter.submit(repo.config.chunk_size, check, digest)
-        submitter.drain()
+            progress.advance(len(data))
     finally:
-        executor.shutdown(wait=True, cancel_futures=True)
+        chunks.close()
     progress.finish()
     return bad
 

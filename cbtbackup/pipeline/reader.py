@@ -1,21 +1,20 @@
-"""Random access to a backup's image: the one reader behind ``restore -``, ``mount`` and ``serve``.
+"""Random access to a backup's image: the reader behind ``mount``, ``serve`` and ``export-diff``.
 
 The backup's chain is resolved once into its map; a read finds the pieces it touches by binary search and
-takes each chunk from a cache bounded in bytes, or fetches, verifies and decompresses it (the same checks
-``restore`` makes). A chunk that fails them raises :class:`CorruptChunkError`: callers turn it into EIO,
-never into bytes. Memory is the cache's bound plus the chunks being read, whatever the device size.
+takes each chunk from the reading core (``chunk_source.py``: held in memory bounded in bytes, or fetched,
+verified and decompressed with the same checks ``restore`` makes). A chunk that fails them raises
+:class:`CorruptChunkError`: callers turn it into EIO, never into bytes. Memory is the bound plus the
+chunks being read, whatever the device size.
 """
 
 from __future__ import annotations
 
 import bisect
-import threading
 from array import array
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 
 from cbtbackup.model.extent_map import Piece
-from cbtbackup.pipeline.chunk_cache import ChunkCache
+from cbtbackup.pipeline.chunk_source import ChunkSource
 from cbtbackup.repo.manifest import BackupRef, Manifest
 from cbtbackup.repo.repository import Repository
 
@@ -32,11 +31,8 @@ class BackupReader:
         self.manifest, self.map = repo.resolve(ref)
         self.size = self.manifest.device_size
         self._starts = array("Q", (self.map[i].offset for i in range(len(self.map))))
-        self._cache = ChunkCache(repo.get_chunk, cache_bytes)
-        self._lock = threading.Lock()
+        self._chunks = ChunkSource(repo.get_chunk, keep_bytes=cache_bytes, fetchers=3)
         self._last_end = -1
-        self._ahead: set[bytes] = set()  # digests being fetched ahead
-        self._pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="read-ahead")
 
     def pieces(self, offset: int, length: int) -> Iterator[Piece]:
         """The map's pieces over ``[offset, offset + length)``, clipped to it."""
@@ -56,8 +52,9 @@ class BackupReader:
         length = max(0, min(length, self.size - offset))
         sequential = offset == self._last_end
         self._last_end = offset + length
-        if sequential:
-            self._read_ahead(offset + length)
+        if sequential:  # fetch the chunks of the next stretch in the background, so the reader does not wait
+            budget = min(READ_AHEAD, self._chunks.keep_bytes // 2)
+            self._chunks.prefetch(p.digest for p in self.pieces(offset + length, budget) if not p.is_zero)
         out = bytearray(length)
         for p in self.pieces(offset, length):
             if not p.is_zero:
@@ -65,34 +62,13 @@ class BackupReader:
                 out[p.offset - offset: p.end - offset] = chunk[p.chunk_offset: p.chunk_offset + p.length]
         return bytes(out)
 
-    def _read_ahead(self, start: int) -> None:
-        """Fetch the chunks of the next stretch in the background, so a sequential reader does not wait."""
-        budget = min(READ_AHEAD, self._cache.limit // 2)
-        for p in self.pieces(start, budget):
-            if p.is_zero:
-                continue
-            with self._lock:
-                if p.digest in self._cache or p.digest in self._ahead:
-                    continue
-                self._ahead.add(p.digest)
-            self._pool.submit(self._fetch_ahead, p.digest)
-
-    def _fetch_ahead(self, digest: bytes) -> None:
-        try:
-            self.chunk(digest)
-        except Exception:
-            pass
-        finally:
-            with self._lock:
-                self._ahead.discard(digest)
-
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._chunks.close()
 
     @property
     def chunks_fetched(self) -> int:
-        return self._cache.fetched
+        return self._chunks.fetched
 
     def chunk(self, digest: bytes) -> bytes:
-        """A verified chunk, from the cache or the repository."""
-        return self._cache.get(digest)
+        """A verified chunk, from memory or the repository."""
+        return self._chunks.get(digest)

@@ -23,11 +23,12 @@ from cbtbackup.engine.rbd.cluster import CephOptions
 from cbtbackup.engine.rbd.names import is_rbd
 from cbtbackup.errors import CbtError, NotADirError, NotFoundError, UsageError, os_error
 from cbtbackup.model.extent_map import ExtentMap
+from cbtbackup.pipeline.chunk_source import ChunkSource
 from cbtbackup.pipeline.integrity import explain_corruption
 from cbtbackup.pipeline.progress import NullProgress, Progress
 from cbtbackup.pipeline.restore_onto import restore_onto
 from cbtbackup.pipeline.restore_stream import stream_image
-from cbtbackup.pipeline.restore_windows import Window, WindowChunks, windows
+from cbtbackup.pipeline.restore_windows import Window, window_uses, windows
 from cbtbackup.pipeline.target_io import DirectWriter, pwrite_all, start_writeback
 from cbtbackup.pipeline.workers import BoundedSubmitter, PipelineConfig
 from cbtbackup.repo.chunk_codec import CorruptChunkError
@@ -42,6 +43,7 @@ ZERO_WRITE = 1 << 20
 # from 1 MiB). Buffered writes from 256 KiB start their writeback at once (start_writeback).
 DIRECT_FROM = 1 << 20
 WRITEBACK_FROM = 256 << 10
+KEPT_BYTES = 64 << 20  # chunks held between the windows that use them
 
 
 STDOUT = "-"
@@ -258,7 +260,7 @@ def _write_all(
 ) -> tuple[int, int]:
     """Write the image window by window (restore_windows.py); (bytes of data written, chunks fetched)."""
     window_size = max(repo.config.chunk_size, DIRECT_FROM)
-    chunks = WindowChunks.for_image(repo, resolved, window_size)
+    chunks = ChunkSource(repo.get_chunk, uses=window_uses(resolved, window_size), keep_bytes=KEPT_BYTES)
     zeros = memoryview(bytes(window_size))
     written = [0]
     count_lock = threading.Lock()
@@ -284,7 +286,8 @@ def _write_all(
                     start_writeback(out.fd, w.start, w.length)
         finally:
             buf.release()
-        chunks.done(set(used))
+        for digest in used:
+            chunks.release(digest)
         with count_lock:  # tasks finish in several threads at once
             written[0] += data_bytes
         progress.advance(w.length)

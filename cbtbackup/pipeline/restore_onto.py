@@ -4,8 +4,9 @@ The target is read once, piece by piece of the backup's map. Where a piece is on
 target's bytes are hashed with the repository's chunk id: equal means equal, and nothing is fetched or
 written. Elsewhere the chunk is fetched and verified, and the target is compared block by block (64 KiB);
 only the blocks that differ are written. Zero pieces write zeros only where the target is not zero.
-Fetched chunks are cached (bounded in bytes): a chunk shared by many pieces — a full's around an
-incremental's changes, a packed incremental's — is fetched about once.
+Chunks come from the reading core (``chunk_source.py``), least recently used first out within a bound in
+bytes (which are needed is known only once the target is read): a chunk shared by many pieces — a full's
+around an incremental's changes, a packed incremental's — is fetched about once.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import os
 from collections.abc import Callable
 
 from cbtbackup.model.extent_map import ExtentMap
-from cbtbackup.pipeline.chunk_cache import ChunkCache
+from cbtbackup.pipeline.chunk_source import ChunkSource
 from cbtbackup.pipeline.progress import Progress
 from cbtbackup.pipeline.target_io import pread_full, pwrite_all
 from cbtbackup.repo.repository import Repository
@@ -37,7 +38,7 @@ def restore_onto_target(repo: Repository, resolved: ExtentMap, read_target: Read
                         progress: Progress) -> tuple[int, int, int]:
     """The same for any target that reads and writes by offset (a file, a device, an RBD image)."""
     read = written = 0
-    chunks = ChunkCache(repo.get_chunk, CACHE)
+    chunks = ChunkSource(repo.get_chunk, keep_bytes=CACHE)
     for i in range(len(resolved)):
         piece = resolved[i]
         have = read_target(piece.offset, piece.length)

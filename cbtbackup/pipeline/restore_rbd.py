@@ -5,22 +5,25 @@ gets only the backup's data pieces — an RBD image reads zeros wherever nothing
 cost nothing and stay thin. An image rewritten with ``--force`` gets its zero pieces as ``write_zeroes``
 (librbd discards whole objects and zeroes partial ones), so no stale byte survives. ``--onto-existing``
 reads the image piece by piece and writes only what differs (``restore_onto``).
-Chunks are fetched, verified and written by a pool, a bounded number of bytes in flight.
+Chunks come from the reading core (``chunk_source.py``) and are written by a pool, a bounded number of
+bytes in flight.
 """
 
 from __future__ import annotations
+
+import collections
 
 from cbtbackup.engine.rbd.cluster import CephOptions
 from cbtbackup.engine.rbd.target import RbdTarget, with_leftover
 from cbtbackup.errors import CbtError
 from cbtbackup.model.extent_map import ExtentMap
-from cbtbackup.pipeline.chunk_cache import ChunkCache
+from cbtbackup.pipeline.chunk_source import ChunkSource
 from cbtbackup.pipeline.progress import Progress
 from cbtbackup.pipeline.restore_onto import restore_onto_target
 from cbtbackup.pipeline.workers import BoundedSubmitter, PipelineConfig
 from cbtbackup.repo.repository import Repository
 
-CACHE = 64 << 20  # chunks shared by several pieces (a packed incremental's) are fetched about once
+CACHE = 64 << 20  # chunks shared by several pieces (a packed incremental's) are held until their last
 
 
 def restore_to_rbd(repo: Repository, resolved: ExtentMap, size: int, target: str, ceph: CephOptions, *,
@@ -44,11 +47,13 @@ def restore_to_rbd(repo: Repository, resolved: ExtentMap, size: int, target: str
 
 def _write_pieces(repo: Repository, resolved: ExtentMap, image: RbdTarget, progress: Progress,
                   config: PipelineConfig) -> tuple[int, int, int]:
-    chunks = ChunkCache(repo.get_chunk, CACHE)
+    chunks = ChunkSource(repo.get_chunk, keep_bytes=CACHE,
+                         uses=collections.Counter(p.digest for p in resolved if not p.is_zero))
     written = 0
 
     def write(offset: int, length: int, digest: bytes, chunk_offset: int) -> None:
         image.write(memoryview(chunks.get(digest))[chunk_offset: chunk_offset + length], offset)
+        chunks.release(digest)
         progress.advance(length)
 
     workers = config.worker_count(repo.store.capabilities().parallelism)

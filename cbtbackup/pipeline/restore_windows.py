@@ -9,8 +9,9 @@ page cache one by one, and a chain took 1.2-1.3x the time of the same image rest
 difference nearly all the kernel copying into new page-cache pages. Put together per window, a chain's
 image is written as a full's is: one direct write per megabyte, each byte once.
 
-Chunks: one that a single window uses is fetched for that window. One that several windows use — a
-packed incremental's chunk holds extents for a stretch of the image — is kept from its first window to its
+Chunks come from the reading core (``chunk_source.py``), told how many windows use each. One that a
+single window uses is fetched for that window and let go after it. One that several windows use — a
+packed incremental's chunk holds extents for a stretch of the image — is held from its first window to its
 last, within a bound in bytes; packs are filled in image order, so at any point a chain has about one
 live pack per incremental, and windows are written in order. Past the bound the least recently used goes
 and is fetched again if a later window needs it: memory stays bounded whatever the chain.
@@ -25,14 +26,9 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import threading
 from collections.abc import Iterator
 
 from cbtbackup.model.extent_map import ZERO_DIGEST, ExtentMap, Piece
-from cbtbackup.pipeline.chunk_cache import ChunkCache
-from cbtbackup.repo.repository import Repository
-
-KEPT_BYTES = 64 << 20  # chunks kept between the windows that use them
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,50 +69,15 @@ def windows(resolved: ExtentMap, size: int) -> Iterator[Window]:
         yield Window(start, pieces[-1].end - start, pieces)
 
 
-class WindowChunks:
-    """The chunks the windows need: fetched for one window, or kept from a chunk's first window to its last
-    within ``kept_bytes``. Safe to share between threads."""
-
-    def __init__(self, repo: Repository, uses: collections.Counter[bytes], kept_bytes: int = KEPT_BYTES) -> None:
-        self._repo = repo
-        self._shared = {digest for digest, n in uses.items() if n > 1}
-        self._remaining = uses
-        self._kept = ChunkCache(repo.get_chunk, kept_bytes)
-        self._lock = threading.Lock()
-        self._single_fetches = 0
-
-    @classmethod
-    def for_image(cls, repo: Repository, resolved: ExtentMap, window: int,
-                  kept_bytes: int = KEPT_BYTES) -> WindowChunks:
-        """Count how many windows use each chunk, from the map's pieces alone (no windows built)."""
-        uses: collections.Counter[bytes] = collections.Counter()
-        last: dict[bytes, int] = {}  # the last window counted for a chunk: pieces come in image order
-        for p in resolved:
-            if p.is_zero:
-                continue
-            for w in range(max(p.offset // window, last.get(p.digest, -1) + 1), (p.end - 1) // window + 1):
-                uses[p.digest] += 1
-                last[p.digest] = w
-        return cls(repo, uses, kept_bytes)
-
-    @property
-    def fetched(self) -> int:
-        return self._single_fetches + self._kept.fetched
-
-    def get(self, digest: bytes) -> bytes:
-        if digest in self._shared:
-            return self._kept.get(digest)
-        with self._lock:
-            self._single_fetches += 1
-        return self._repo.get_chunk(digest)
-
-    def done(self, digests: set[bytes]) -> None:
-        """A window that used these chunks is written: a chunk no window needs any more is let go."""
-        with self._lock:
-            gone = []
-            for digest in digests:
-                self._remaining[digest] -= 1
-                if self._remaining[digest] == 0 and digest in self._shared:
-                    gone.append(digest)
-        for digest in gone:
-            self._kept.discard(digest)
+def window_uses(resolved: ExtentMap, window: int) -> collections.Counter[bytes]:
+    """How many windows use each chunk, from the map's pieces alone (no windows built), in the order of
+    their first window: the reading core holds a chunk used by several from its first window to its last."""
+    uses: collections.Counter[bytes] = collections.Counter()
+    last: dict[bytes, int] = {}  # the last window counted for a chunk: pieces come in image order
+    for p in resolved:
+        if p.is_zero:
+            continue
+        for w in range(max(p.offset // window, last.get(p.digest, -1) + 1), (p.end - 1) // window + 1):
+            uses[p.digest] += 1
+            last[p.digest] = w
+    return uses

@@ -12,9 +12,10 @@ holds it:
   blocks that differ are stored. A previous chunk that cannot be read counts as different, so the bytes
   are stored again rather than trusted.
 
-Previous chunks are kept in a cache bounded in bytes: after CBT incrementals one chunk serves many extents
-(a full's chunk the pieces an incremental left of it, a packed incremental's chunk up to a chunk's worth
-of scattered blocks), and the scan walks the image in order, so each is fetched about once.
+Previous chunks come from the reading core (``chunk_source.py``), held within a bound in bytes: after CBT
+incrementals one chunk serves many extents (a full's chunk the pieces an incremental left of it, a packed
+incremental's chunk up to a chunk's worth of scattered blocks), and the scan walks the image in order, so
+each is fetched about once.
 
 Nothing here needs local state: a new machine with an empty state directory scans exactly as well, at the
 cost of reading back the previous chunks of the extents that changed.
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 from cbtbackup.errors import CorruptDataError, NotFoundError
 from cbtbackup.model.extent_map import ZERO_DIGEST, ExtentMap, Piece
-from cbtbackup.pipeline.chunk_cache import ChunkCache, FetchChunk
+from cbtbackup.pipeline.chunk_source import ChunkSource, FetchChunk
 
 Part = tuple[int, int]  # (offset, length) of a run of blocks that differ
 PREVIOUS_CACHE = 64 << 20
@@ -36,7 +37,7 @@ class PreviousImage:
     def __init__(self, resolved: ExtentMap, fetch: FetchChunk, block_size: int, lost: set[bytes],
                  cache_bytes: int = PREVIOUS_CACHE) -> None:
         self._map = resolved
-        self._chunks = ChunkCache(fetch, cache_bytes)
+        self._chunks = ChunkSource(fetch, keep_bytes=cache_bytes)
         self._lost = lost  # quarantined chunks: never equal to anything, so their bytes are stored again
         self._i = 0
         self.block_size = block_size

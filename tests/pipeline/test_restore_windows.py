@@ -15,8 +15,9 @@ import pytest
 from cbtbackup.engine import TrackedVolume
 from cbtbackup.model.extent_map import ZERO_DIGEST, ExtentMap, Piece
 from cbtbackup.pipeline.backup import BackupOptions, run_backup
+from cbtbackup.pipeline.chunk_source import ChunkSource
 from cbtbackup.pipeline.restore import RestoreOptions, run_restore
-from cbtbackup.pipeline.restore_windows import WindowChunks, windows
+from cbtbackup.pipeline.restore_windows import window_uses, windows
 from cbtbackup.pipeline.target_io import DirectWriter
 from cbtbackup.repo.config import RepositoryConfig
 from cbtbackup.repo.local_store import LocalStore
@@ -58,14 +59,16 @@ def test_a_chunk_of_several_windows_is_kept_until_its_last_and_let_go_then() -> 
         m.append(n * MiB, 64 * KiB, P, n * 64 * KiB)
         m.append(n * MiB + 64 * KiB, MiB - 64 * KiB, bytes([n + 10]) * 32, 64 * KiB)
     repo = CountingRepo()
-    chunks = WindowChunks.for_image(repo, m, MiB)  # type: ignore[arg-type]
+    chunks = ChunkSource(repo.get_chunk, uses=window_uses(m, MiB))
     for w in windows(m, MiB):
         used = {p.digest for p in w.pieces}
         for digest in used:
             assert chunks.get(digest)[:32] == digest
-        chunks.done(used)
+        for digest in used:
+            chunks.release(digest)
+        assert (P in chunks) == (w.start < 3 * MiB)  # held until its last window, let go after it
     assert repo.fetched.count(P) == 1 and len(repo.fetched) == 5 and chunks.fetched == 5
-    assert P not in chunks._kept  # let go after its last window
+    assert chunks.held_bytes == 0
 
 
 def test_past_the_bound_a_kept_chunk_is_fetched_again() -> None:
@@ -75,12 +78,13 @@ def test_past_the_bound_a_kept_chunk_is_fetched_again() -> None:
         m.append(n * MiB, 64 * KiB, shared, 0)
         m.append(n * MiB + 64 * KiB, MiB - 64 * KiB, bytes([n + 10]) * 32, 64 * KiB)
     repo = CountingRepo()
-    chunks = WindowChunks.for_image(repo, m, MiB, kept_bytes=MiB)  # type: ignore[arg-type]
+    chunks = ChunkSource(repo.get_chunk, uses=window_uses(m, MiB), keep_bytes=MiB)
     for w in windows(m, MiB):
         used = {p.digest for p in w.pieces}
         for digest in used:
             assert chunks.get(digest)[:32] == digest
-        chunks.done(used)
+        for digest in used:
+            chunks.release(digest)
     assert repo.fetched.count(A) == 3 and repo.fetched.count(P) == 3  # memory stays bounded: fetched again
 
 
