@@ -1,4 +1,8 @@
-"""Prune: delete the chunks no backup needs, and what killed runs left behind.
+"""Prune: rewrite what has become costly to read, then delete the chunks no backup needs, and what killed
+runs left behind.
+
+0. **Repack** (repack.py), chain by chain under each chain's lock: windows of fulls whose reading costs
+   1.2x their data or more are stored again as whole chunks. The chunks they used become candidates below.
 
 The scheme (docs/design.md, "Garbage collection"): mark beside running backups, sweep alone.
 
@@ -33,6 +37,7 @@ from cbtbackup.errors import CorruptDataError, RetainedError
 from cbtbackup.model.extent_map import ZERO_DIGEST
 from cbtbackup.pipeline.hooks import Hook, no_hook
 from cbtbackup.pipeline.progress import NullProgress, Progress
+from cbtbackup.pipeline.repack import RepackResult, run_repack
 from cbtbackup.pipeline.retention_refresh import refresh_retention
 from cbtbackup.pipeline.workers import BoundedSubmitter, PipelineConfig
 from cbtbackup.repo.keys import KEYS_PREFIX
@@ -48,6 +53,7 @@ CHECK_EVERY = 256  # deletions between checks that the locks are still held
 class PruneOptions:
     dry_run: bool = False
     wait_lock: float = 0.0
+    repack: bool = True  # rewrite the costly windows of fulls first (repack.py)
 
 
 @dataclasses.dataclass
@@ -66,6 +72,7 @@ class PruneResult:
     bytes_kept_locked: int = 0
     locked_until: float = 0.0
     retention_extended: int = 0
+    repack: RepackResult = dataclasses.field(default_factory=RepackResult)
     dry_run: bool = False
     duration_s: float = 0.0
 
@@ -105,6 +112,8 @@ def run_prune(
     started = time.monotonic()
     result = PruneResult(dry_run=options.dry_run)
     retention = repo.config.retention()
+    if options.repack:  # first, so the chunks the rewritten windows used are deleted below
+        result.repack = run_repack(repo, progress, config, dry_run=options.dry_run)
     with repo.locks.acquire("prune", shared=("manifests",), wait=options.wait_lock,
                             notice=progress.notice) as mark_lock:
         seen = set()

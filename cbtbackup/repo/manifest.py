@@ -113,6 +113,13 @@ class Manifest:
     stats: BackupStats = dataclasses.field(default_factory=BackupStats)
     host: str | None = None  # the host that made it (None in manifests of older versions)
     synthesized_from: str | None = None  # the id of the backup a synthetic full reproduces
+    # Set while a repack of the backup's full is under way: the map digest the backup has once the full's
+    # repacked manifest is in place (pipeline/repack.py). Either digest is accepted until the repack ends.
+    map_digest_next: bytes | None = None
+
+    def has_map(self, digest: bytes) -> bool:
+        """Whether a resolved map with this digest is this backup's image."""
+        return digest == self.map_digest or (self.map_digest_next is not None and digest == self.map_digest_next)
 
     def metadata(self) -> dict[str, Any]:
         return {
@@ -130,6 +137,7 @@ class Manifest:
             "device_size": self.device_size,
             "chunk_size": self.chunk_size,
             "map_digest": self.map_digest.hex(),
+            **({"map_digest_next": self.map_digest_next.hex()} if self.map_digest_next else {}),
             "extent_count": len(self.extents),
             "cbt": None if self.cbt is None else {
                 "generation_id": str(self.cbt.generation_id),
@@ -191,6 +199,7 @@ class Manifest:
             stats=_stats(meta["stats"]),
             host=meta.get("host"),
             synthesized_from=meta.get("synthesized_from"),
+            map_digest_next=bytes.fromhex(meta["map_digest_next"]) if meta.get("map_digest_next") else None,
         )
 
 

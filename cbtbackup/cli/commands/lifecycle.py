@@ -32,8 +32,14 @@ def _wait(text: str | None) -> float:
 def _prune_lines(r: PruneResult) -> list[str]:
     verb = "would delete" if r.dry_run else "deleted"
     count, size = (r.chunks_unused, r.bytes_unused) if r.dry_run else (r.chunks_deleted, r.bytes_deleted)
-    lines = [f"prune: {r.backups} backup(s), {r.chunks} chunks; {verb} {count} unused chunks "
-             f"({format_size(size)})"]
+    lines = []
+    if r.repack.windows_rewritten:
+        rp = r.repack
+        lines.append(f"repack: {'would rewrite' if r.dry_run else 'rewrote'} {rp.windows_rewritten} windows "
+                     f"({format_size(rp.bytes_rewritten)}) of {rp.fulls_repacked} full(s) into whole chunks"
+                     + ("" if r.dry_run else f", {rp.chunks_new} new ({format_size(rp.bytes_stored)} stored)"))
+    lines.append(f"prune: {r.backups} backup(s), {r.chunks} chunks; {verb} {count} unused chunks "
+                 f"({format_size(size)})")
     if r.chunks_kept_locked:
         lines.append(f"kept {r.chunks_kept_locked} unused chunks ({format_size(r.bytes_kept_locked)}) still locked, "
                      f"the last until {format_when(r.locked_until)}")
@@ -87,12 +93,16 @@ def forget(repo: str, endpoint_url: str | None, ids: tuple[str, ...], name: str 
 
 @click.command()
 @repo_option
-@click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
+@click.option("--dry-run", is_flag=True, help="Count what would be repacked and deleted; change nothing.")
+@click.option("--no-repack", is_flag=True,
+              help="Do not rewrite the windows of fulls that have become costly to read (see docs/design.md).")
 @wait_lock_option
 @json_option
-def prune(repo: str, endpoint_url: str | None, dry_run: bool, wait_lock: str | None, as_json: bool) -> None:
-    """Delete chunks no backup needs, and what killed runs left behind."""
-    result = run_prune(open_repo(repo, endpoint_url), PruneOptions(dry_run, _wait(wait_lock)),
+def prune(repo: str, endpoint_url: str | None, dry_run: bool, no_repack: bool, wait_lock: str | None,
+          as_json: bool) -> None:
+    """Rewrite what has become costly to read, delete chunks no backup needs, and what killed runs left
+    behind."""
+    result = run_prune(open_repo(repo, endpoint_url), PruneOptions(dry_run, _wait(wait_lock), not no_repack),
                        make_progress())
     emit(as_json, result.to_json(), _prune_lines(result))
 
