@@ -40,7 +40,7 @@ from cbtbackup.model.extent_map import ZERO_DIGEST, ExtentMap, Piece, overlay
 from cbtbackup.pipeline.chains import candidate_names, chain_for, this_host
 from cbtbackup.pipeline.differential import LAST_FULL, resolve_since
 from cbtbackup.pipeline.hooks import Hook, no_hook
-from cbtbackup.pipeline.packing import ExtentPacker, Pack
+from cbtbackup.pipeline.packing import ExtentPacker, Pack, ScanPacker
 from cbtbackup.pipeline.plan import Extent, aligned_extents, cbt_extents, lost_runs, merge_runs, read_spans
 from cbtbackup.pipeline.progress import NullProgress, Progress
 from cbtbackup.pipeline.scan_compare import PreviousImage
@@ -512,15 +512,24 @@ def _run_chunks(
                     writer.store(digest, data)
                 results.keep(seq, digest)
             else:
-                stored = []
+                stored: list[list[Any]] = []
+                small: list[tuple[int, bytes]] = []
                 for start, length in parts:
                     piece = data[start - offset: start - offset + length]
-                    d = ZERO_DIGEST if _is_zero(piece) else repo.chunk_id(piece)
-                    if d != ZERO_DIGEST:
-                        writer.store(d, piece)
-                    stored.append((start, length, d))
+                    if _is_zero(piece):
+                        stored.append([start, length, ZERO_DIGEST, 0])
+                    else:  # packed with the other parts that follow in image order (ScanPacker)
+                        small.append((len(stored), bytes(piece)))
+                        stored.append([start, length, ZERO_DIGEST, 0])
                 results.keep_parts(seq, stored)
+                assert scan_packer is not None  # a scan compares with the previous image, so it packs
+                scan_packer.offer(seq, small)
+                writer.count_changed(sum(length for _, length in parts))
+                progress.advance(len(data))
+                return
             writer.count_changed(sum(length for _, length in parts))
+        if scan_packer is not None and pieces is not None:
+            scan_packer.offer(seq, [])
         progress.advance(len(data))
 
     def process_pack(packed: Pack) -> None:
@@ -532,7 +541,25 @@ def _run_chunks(
         writer.count_changed(len(packed))
         progress.advance(len(packed))
 
+    def store_scan_pack(packed: Pack, parts: list[tuple[int, int]]) -> None:
+        data = memoryview(packed.data)
+        digest = repo.chunk_id(data)
+        writer.store(digest, data)
+        for number, chunk_offset, _ in packed.members:
+            seq, index = parts[number]
+            results.pack_part(seq, index, digest, chunk_offset)
+
     packer = ExtentPacker(chunk_size) if pack else None
+    scan_packer = ScanPacker(chunk_size, store_scan_pack) if previous is not None else None
+
+    def checked_process(seq: int, data: bytes | memoryview, pieces: list[Piece] | None) -> None:
+        try:
+            process(seq, data, pieces)
+        except BaseException:
+            if scan_packer is not None:
+                scan_packer.abort()  # later extents must not wait for this one's parts
+            raise
+
     workers = config.worker_count(repo.store.capabilities().parallelism)
     executor = config.make_executor(workers)
     submitter = BoundedSubmitter(executor, config.max_inflight_bytes)
@@ -552,11 +579,13 @@ def _run_chunks(
                         submitter.submit(len(full), process_pack, full)
                     continue
                 pieces = previous.pieces(offset, length) if previous else None
-                submitter.submit(length, process, seq, data, pieces)
+                submitter.submit(length, checked_process, seq, data, pieces)
         last = packer.flush() if packer is not None else None
         if last is not None:
             submitter.submit(len(last), process_pack, last)
         submitter.drain()
+        if scan_packer is not None:
+            scan_packer.flush()
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
     return results.to_map()
@@ -575,7 +604,7 @@ class _Results:
         self._digests = bytearray()
         self._chunk_offsets = array("I")  # nonzero for an extent packed with others into a shared chunk
         self._kept = bytearray()  # 0: unchanged, 1: kept whole, 2: kept in parts
-        self._parts: dict[int, list[tuple[int, int, bytes]]] = {}
+        self._parts: dict[int, list[list[Any]]] = {}
 
     def plan(self, offset: int, length: int) -> int:
         self._offsets.append(offset)
@@ -593,10 +622,15 @@ class _Results:
         self._chunk_offsets[seq] = chunk_offset
         self._kept[seq] = 1
 
-    def keep_parts(self, seq: int, parts: list[tuple[int, int, bytes]]) -> None:
-        """A scan kept only some runs of the extent (a dict entry: rare, one per partly changed extent)."""
+    def keep_parts(self, seq: int, parts: list[list[Any]]) -> None:
+        """A scan kept only some runs of the extent (a dict entry: rare, one per partly changed extent), each
+        ``[offset, length, digest, chunk offset]``; a packed run's digest is set once its pack is stored."""
         self._parts[seq] = parts
         self._kept[seq] = 2
+
+    def pack_part(self, seq: int, index: int, digest: bytes, chunk_offset: int) -> None:
+        part = self._parts[seq][index]
+        part[2], part[3] = digest, chunk_offset
 
     def to_map(self) -> ExtentMap:
         out = ExtentMap()
@@ -605,6 +639,6 @@ class _Results:
                 out.append(self._offsets[seq], self._lengths[seq], bytes(self._digests[seq * 32: seq * 32 + 32]),
                            self._chunk_offsets[seq])
             elif kept == 2:
-                for offset, length, digest in self._parts[seq]:
-                    out.append(offset, length, digest)
+                for offset, length, digest, chunk_offset in self._parts[seq]:
+                    out.append(offset, length, digest, chunk_offset)
         return out
