@@ -133,7 +133,7 @@ def _costly_fulls(repo: Repository, manifests: list[Manifest],
     out = []
     for m in manifests:
         if m.parent is None and m.kind == "full":
-            costly = costly_windows(m.extents, repo.config.chunk_size, lengths, over)
+            costly = costly_windows(m.extents, m.chunk_size, lengths, over)
             if costly:
                 out.append((m, costly))
     return out
@@ -148,13 +148,18 @@ def _repack_chain(repo: Repository, name: str, progress: Progress, config: Pipel
     if not dry_run and _settle(repo, list(manifests.values()), result):
         manifests = fresh()
     for full, costly in _costly_fulls(repo, list(manifests.values()), over):
+        if not dry_run:
+            try:
+                records = _store_windows(repo, costly, progress, config, result)
+            except CorruptDataError as e:  # the chunks it put are unused: the sweep deletes them
+                progress.notice(f"repack: {full.ref.id} left as it is ({e}); 'cbtbackup verify' reports the damage")
+                continue
+            _replace_full(repo, full, overlay(records, full.extents), manifests, result)
         result.fulls_repacked += 1
         result.windows_rewritten += len(costly)
         result.bytes_rewritten += sum(w.length for w in costly)
         if dry_run:
             continue
-        records = _store_windows(repo, costly, progress, config, result)
-        _replace_full(repo, full, overlay(records, full.extents), manifests, result)
         progress.notice(f"repack: {full.ref.id}: {len(costly)} windows "
                         f"({sum(w.length for w in costly) >> 20} MiB) rewritten into whole chunks")
 

@@ -24,6 +24,7 @@ from cbtbackup.pipeline.workers import PipelineConfig
 from cbtbackup.repo.local_store import LocalStore
 from cbtbackup.repo.manifest import Manifest
 from cbtbackup.repo.repository import Repository
+from tests.conftest import RunCli
 from tests.pipeline.test_packing import BS, SIZE, image, incr, repo, scattered_writes
 
 __all__ = ["image", "repo"]
@@ -165,3 +166,35 @@ def test_an_incremental_after_a_repack_continues_by_cbt_and_restores_exact(
     latest = incr(repo, image).manifest
     images[latest.ref.id] = image.read_bytes()
     assert_restores(repo, images, tmp_path)
+
+
+def test_a_full_whose_chunk_is_damaged_is_left_as_it_is_and_prune_goes_on(repo: Repository, image: Path) -> None:
+    aged_chain(repo, image)
+    costly = full_of(repo)[1]
+    victim = next(p.digest for w in costly for p in w.pieces if not p.is_zero)
+    path = Path(repo.location) / repo.chunk_key(victim)
+    path.write_bytes(b"not a chunk any more")
+    keys = {r.key: repo.store.get(r.key) for r in repo.list_backups()}
+    progress = NullProgress()
+    result = run_prune(repo, PruneOptions(), progress)
+    assert result.repack.fulls_repacked == 0 and result.repack.windows_rewritten == 0
+    assert any("left as it is" in n and "verify" in n for n in progress.notices)
+    assert {r.key: repo.store.get(r.key) for r in repo.list_backups()} == keys  # no manifest changed
+    assert path.exists()  # the damaged chunk is verify's to quarantine, not prune's to delete
+
+
+def test_prune_on_the_command_line_says_what_it_repacked(
+    repo: Repository, image: Path, tmp_path: Path, cli: RunCli
+) -> None:
+    images = aged_chain(repo, image)
+    dry = cli("prune", "-r", repo.location, "--dry-run")
+    assert dry.code == 0 and "repack: would rewrite" in dry.out and "windows" in dry.out
+    skipped = cli("prune", "-r", repo.location, "--no-repack", "--json")
+    assert skipped.code == 0 and skipped.json["repack"]["windows_rewritten"] == 0
+    done = cli("prune", "-r", repo.location, "--json")
+    assert done.code == 0 and done.json["repack"]["windows_rewritten"] > 0
+    assert done.json["repack"]["chunks_new"] > 0 and done.json["chunks_deleted"] > 0
+    latest = max(images, key=lambda i: repo.find(i).stamp)
+    out = tmp_path / "latest.img"
+    assert cli("restore", "-r", repo.location, latest, out).code == 0
+    assert out.read_bytes() == images[latest]
