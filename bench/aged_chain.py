@@ -12,7 +12,7 @@ repacked chain at most 1.15x). Every restore is checked byte for byte.
 
 Needs root (to drop the page cache).
 Usage: python bench/aged_chain.py [--size-mib 1024] [--days 90] [--keep 30] [--change-pct 1]
-                                  [--schedule daily|end] [--runs 5] [--json]
+                                  [--schedule daily|end] [--runs 5] [--repack-over 1.2] [--json]
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from cbtbackup.model.retention import RetentionPolicy
 from cbtbackup.pipeline.backup import BackupOptions, run_backup
 from cbtbackup.pipeline.forget import ForgetOptions, run_forget
 from cbtbackup.pipeline.prune import PruneOptions, run_prune
+from cbtbackup.pipeline.repack import REPACK_OVER
 from cbtbackup.repo.repository import Repository
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -45,11 +46,11 @@ WRITE = 64 << 10
 KINDS = ("single", "repacked", "unrepacked")
 
 
-def tidy(repo: Repository, keep: int, repack: bool) -> tuple[float, int]:
+def tidy(repo: Repository, keep: int, repack: bool, over: float) -> tuple[float, int]:
     """forget --keep-last, then prune; (seconds, bytes repacked)."""
     start = time.perf_counter()
     run_forget(repo, ForgetOptions(policy=RetentionPolicy(last=keep)))
-    pruned = run_prune(repo, PruneOptions(repack=repack))
+    pruned = run_prune(repo, PruneOptions(repack=repack, repack_over=over))
     return time.perf_counter() - start, pruned.repack.bytes_rewritten
 
 
@@ -65,6 +66,7 @@ def main() -> None:
     parser.add_argument("--change-pct", type=float, default=1.0)
     parser.add_argument("--schedule", choices=("daily", "end"), default="daily")
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--repack-over", type=float, default=REPACK_OVER)
     parser.add_argument("--dir", type=Path, default=None, help="where to work (default: a temporary folder)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -90,7 +92,7 @@ def main() -> None:
             for repack, repo in chains.items():
                 run_backup(repo, BackupOptions(str(image), "incr"))
                 if args.schedule == "daily" or day == args.days - 1:
-                    seconds, rewritten = tidy(repo, args.keep, repack)
+                    seconds, rewritten = tidy(repo, args.keep, repack, args.repack_over)
                     tidy_s[repack] += seconds
                     repacked_bytes += rewritten
         final = work / "final.img"
@@ -110,6 +112,7 @@ def main() -> None:
 
     report: dict[str, Any] = {"size_mib": args.size_mib, "days": args.days, "keep": args.keep,
                               "change_pct": args.change_pct, "schedule": args.schedule,
+                              "repack_over": args.repack_over,
                               "forget_prune_s": {"repacked": round(tidy_s[True], 2),
                                                  "unrepacked": round(tidy_s[False], 2)},
                               "repacked_mib": round(repacked_bytes / MiB, 1)}

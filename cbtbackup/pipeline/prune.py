@@ -37,7 +37,7 @@ from cbtbackup.errors import CorruptDataError, RetainedError
 from cbtbackup.model.extent_map import ZERO_DIGEST
 from cbtbackup.pipeline.hooks import Hook, no_hook
 from cbtbackup.pipeline.progress import NullProgress, Progress
-from cbtbackup.pipeline.repack import RepackResult, run_repack
+from cbtbackup.pipeline.repack import REPACK_OVER, RepackResult, run_repack
 from cbtbackup.pipeline.retention_refresh import refresh_retention
 from cbtbackup.pipeline.workers import BoundedSubmitter, PipelineConfig
 from cbtbackup.repo.keys import KEYS_PREFIX
@@ -54,6 +54,7 @@ class PruneOptions:
     dry_run: bool = False
     wait_lock: float = 0.0
     repack: bool = True  # rewrite the costly windows of fulls first (repack.py)
+    repack_over: float = REPACK_OVER  # ... those whose reading costs this many times their data, or more
 
 
 @dataclasses.dataclass
@@ -113,7 +114,7 @@ def run_prune(
     result = PruneResult(dry_run=options.dry_run)
     retention = repo.config.retention()
     if options.repack:  # first, so the chunks the rewritten windows used are deleted below
-        result.repack = run_repack(repo, progress, config, dry_run=options.dry_run)
+        result.repack = run_repack(repo, progress, config, dry_run=options.dry_run, over=options.repack_over)
     with repo.locks.acquire("prune", shared=("manifests",), wait=options.wait_lock,
                             notice=progress.notice) as mark_lock:
         seen = set()

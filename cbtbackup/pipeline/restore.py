@@ -29,13 +29,12 @@ from cbtbackup.pipeline.progress import NullProgress, Progress
 from cbtbackup.pipeline.restore_onto import restore_onto
 from cbtbackup.pipeline.restore_stream import stream_image
 from cbtbackup.pipeline.restore_windows import Window, window_uses, windows
-from cbtbackup.pipeline.target_io import DirectWriter, pwrite_all, start_writeback
+from cbtbackup.pipeline.target_io import DirectWriter, pwrite_all, start_writeback, zero_range
 from cbtbackup.pipeline.workers import BoundedSubmitter, PipelineConfig
 from cbtbackup.repo.chunk_codec import CorruptChunkError
 from cbtbackup.repo.manifest import Manifest
 from cbtbackup.repo.repository import Repository
 
-ZERO_WRITE = 1 << 20
 # The image is written in windows of the chunk size, at least this (restore_windows.py), each directly
 # where the file system allows (DirectWriter). A direct write returns only once on the device, so for a
 # smaller write — the image's last, short window — the wait costs more than the copy into the page cache
@@ -301,8 +300,8 @@ def _write_all(
     try:
         for w in windows(resolved, window_size):
             if w.all_zero:
-                if not out.fresh:
-                    _write_zeros(out.fd, w.start, w.length)
+                if not out.fresh:  # an existing target: its stale bytes there become a hole
+                    zero_range(out.fd, w.start, w.length)
                 progress.advance(w.length)
             else:
                 submitter.submit(w.length, write_window, w)
@@ -313,9 +312,3 @@ def _write_all(
     if written[0] != expected:
         raise CbtError(f"restore wrote {written[0]} bytes of data, the map holds {expected}")
     return written[0], chunks.fetched
-
-
-def _write_zeros(fd: int, offset: int, length: int) -> None:
-    zeros = memoryview(bytes(ZERO_WRITE))
-    for pos in range(offset, offset + length, ZERO_WRITE):
-        pwrite_all(fd, zeros[: min(ZERO_WRITE, offset + length - pos)], pos)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import mmap
 import os
@@ -38,6 +39,29 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
     Small pieces are left to the fsync: a call per 64 KiB costs more than it saves. A hint only: it
     changes when data is written, never whether."""
     write_back(fd, offset, length)
+
+
+_FALLOC_FL_KEEP_SIZE, _FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+ZERO_WRITE = 1 << 20
+
+
+def zero_range(fd: int, offset: int, length: int) -> bool:
+    """Make ``[offset, offset + length)`` of an existing target read as zeros; whether by punching a hole.
+
+    A file gets a hole (its blocks are freed: a restored image stays as sparse as the backup); a block
+    device gets the kernel's zeroing, which guarantees zeros or refuses (``blkdev_fallocate``: a discard
+    that does not read back as zeros is never used). Where neither is supported, zeros are written."""
+    if _libc.fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err not in (errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.ENODEV, errno.ENOSYS, errno.EPERM):
+        raise os_error(OSError(err, os.strerror(err)), "zeroing a range of the restore target failed")
+    zeros = memoryview(bytes(ZERO_WRITE))
+    for pos in range(offset, offset + length, ZERO_WRITE):
+        pwrite_all(fd, zeros[: min(ZERO_WRITE, offset + length - pos)], pos)
+    return False
 
 
 DIRECT_ALIGN = 4096  # offsets, lengths and buffers of direct writes: a multiple of any logical block size

@@ -146,6 +146,30 @@ def test_a_forced_restore_over_other_bytes_is_exact_too(
     run_restore(repo, RestoreOptions(latest, str(out), force=True))
     assert out.read_bytes() == image.read_bytes()
     assert direct_writes or not supports_direct_io(tmp_path)
+    # Window 5 is all zeros: its stale bytes became a hole, not a megabyte of written zeros.
+    assert out.stat().st_blocks * 512 <= image.stat().st_size - MiB + 4096
+
+
+def test_a_forced_restore_onto_a_loop_device_zeroes_what_the_image_holds_as_zeros(
+    repo: Repository, chain: tuple[Path, str], tmp_path: Path
+) -> None:
+    """A block device gets the kernel's guaranteed zeroing (or written zeros): never stale bytes."""
+    import subprocess
+
+    image, latest = chain
+    backing = tmp_path / "backing.img"
+    backing.write_bytes(os.urandom(-(-image.stat().st_size // 4096) * 4096))  # whole sectors
+    try:
+        loop = subprocess.run(["losetup", "--find", "--show", str(backing)], check=True, capture_output=True,
+                              text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("no loop devices on this machine")
+    try:
+        run_restore(repo, RestoreOptions(latest, loop, force=True))
+        with open(loop, "rb") as dev:
+            assert dev.read(image.stat().st_size) == image.read_bytes()
+    finally:
+        subprocess.run(["losetup", "-d", loop], check=False)
 
 
 def test_where_direct_writes_are_refused_the_windows_are_written_buffered(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import click
@@ -15,6 +16,7 @@ from cbtbackup.model.retention import RetentionPolicy
 from cbtbackup.model.sizes import format_size
 from cbtbackup.pipeline.forget import ForgetOptions, run_forget
 from cbtbackup.pipeline.prune import PruneOptions, PruneResult, run_prune
+from cbtbackup.pipeline.repack import REPACK_OVER
 from cbtbackup.pipeline.stats import run_stats
 from cbtbackup.pipeline.synthesize import run_synthesize
 
@@ -96,14 +98,20 @@ def forget(repo: str, endpoint_url: str | None, ids: tuple[str, ...], name: str 
 @click.option("--dry-run", is_flag=True, help="Count what would be repacked and deleted; change nothing.")
 @click.option("--no-repack", is_flag=True,
               help="Do not rewrite the windows of fulls that have become costly to read (see docs/design.md).")
+@click.option("--repack-over", type=click.FloatRange(min=1.0, min_open=True), default=REPACK_OVER, show_default=True,
+              metavar="RATIO",
+              help="Rewrite a window of a full when reading it costs this many times its data, or more: higher "
+                   "rewrites less often, restores of long-kept chains get slower.")
 @wait_lock_option
 @json_option
-def prune(repo: str, endpoint_url: str | None, dry_run: bool, no_repack: bool, wait_lock: str | None,
-          as_json: bool) -> None:
+def prune(repo: str, endpoint_url: str | None, dry_run: bool, no_repack: bool, repack_over: float,
+          wait_lock: str | None, as_json: bool) -> None:
     """Rewrite what has become costly to read, delete chunks no backup needs, and what killed runs left
     behind."""
-    result = run_prune(open_repo(repo, endpoint_url), PruneOptions(dry_run, _wait(wait_lock), not no_repack),
-                       make_progress())
+    if not math.isfinite(repack_over):
+        raise UsageError("--repack-over is a ratio above 1 (1.2, 1.5)")
+    options = PruneOptions(dry_run, _wait(wait_lock), not no_repack, repack_over)
+    result = run_prune(open_repo(repo, endpoint_url), options, make_progress())
     emit(as_json, result.to_json(), _prune_lines(result))
 
 
