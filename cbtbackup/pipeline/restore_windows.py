@@ -16,10 +16,11 @@ last, within a bound in bytes; packs are filled in image order, so at any point 
 live pack per incremental, and windows are written in order. Past the bound the least recently used goes
 and is fetched again if a later window needs it: memory stays bounded whatever the chain.
 
-Sparse: on a new target a window of zeros is not written at all; an existing target (``--force``) gets its
-zeros written. Zeros inside a window that holds data are written with it, as zeros: a full's chunks carry
-their zeros as data anyway, and only an incremental's zeroed blocks come as pieces of their own, so a
-restored image loses next to nothing of its holes for one write per window.
+Sparse: on a new target a window of zeros is not written at all; on an existing target (``--force``) it
+becomes a hole (``target_io.zero_range``: punched in a file, zeroed by the kernel on a device, written as
+zeros only where neither works). Zeros inside a window that holds data are written with it, as zeros: a
+full's chunks carry their zeros as data anyway, and only an incremental's zeroed blocks come as pieces of
+their own, so a restored image loses next to nothing of its holes for one write per window.
 """
 
 from __future__ import annotations
