@@ -7,6 +7,7 @@ import contextvars
 import dataclasses
 
 from cbtbackup.cli.passphrase import passphrase_for
+from cbtbackup.cli.progress_bar import print_notice
 from cbtbackup.repo.location import StoreOptions, open_repository, open_store
 from cbtbackup.repo.repository import Repository
 from cbtbackup.repo.store import Store
@@ -20,7 +21,10 @@ def store_options(endpoint_url: str | None) -> StoreOptions:
 
 
 def open_repo(repo: str, endpoint_url: str | None) -> Repository:
-    return open_repository(repo, store_options(endpoint_url), passphrase_for(repo))
+    opened = open_repository(repo, store_options(endpoint_url), passphrase_for(repo))
+    for note in opened.notes:  # a damaged config opened with its copy: said on every command until repaired
+        print_notice(note)
+    return opened
 
 
 def open_new_store(repo: str, endpoint_url: str | None) -> Store:

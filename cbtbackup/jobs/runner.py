@@ -187,6 +187,7 @@ class JobRun:
         job = self.job
         try:
             self.repo = open_job_repository(job.repository)
+            self.report.notes.extend(self.repo.notes)
         except CbtError as e:
             self.report.error = f"cannot open the repository {job.repository.location}: {e}"
         if self.report.error is None:

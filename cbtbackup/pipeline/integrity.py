@@ -26,6 +26,7 @@ from cbtbackup.errors import CbtError, CorruptDataError, UsageError
 from cbtbackup.model.extent_map import ZERO_DIGEST
 from cbtbackup.model.sizes import format_size, parse_size
 from cbtbackup.pipeline.chunk_source import ChunkSource
+from cbtbackup.pipeline.metadata_check import check_metadata
 from cbtbackup.pipeline.progress import NullProgress, Progress
 from cbtbackup.pipeline.workers import PipelineConfig
 from cbtbackup.repo.chunk_codec import CorruptChunkError, MissingChunkError
@@ -75,10 +76,15 @@ class VerifyResult:
     damaged: list[BackupRef] = dataclasses.field(default_factory=list)  # backups still missing bytes
     healed: list[str] = dataclasses.field(default_factory=list)  # quarantine entries cleared
     damaged_keys: list[str] = dataclasses.field(default_factory=list)  # key slots edited or damaged
+    damaged_metadata: dict[str, str] = dataclasses.field(default_factory=dict)  # config, heads, locks -> why
+    # heads left stale by a killed run, a missing config copy: harmless; --repair rebuilds them
+    stale: dict[str, str] = dataclasses.field(default_factory=dict)
+    repaired: list[str] = dataclasses.field(default_factory=list)  # metadata objects --repair wrote again
 
     @property
     def ok(self) -> bool:
-        return not (self.quarantined or self.unreadable or self.damaged or self.damaged_keys)
+        unrepaired = set(self.damaged_metadata) - set(self.repaired)
+        return not (self.quarantined or self.unreadable or self.damaged or self.damaged_keys or unrepaired)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -90,6 +96,9 @@ class VerifyResult:
             "damaged_backups": [r.id for r in self.damaged],
             "healed": self.healed,
             "damaged_keys": self.damaged_keys,
+            "damaged_metadata": self.damaged_metadata,
+            "stale": self.stale,
+            "repaired": self.repaired,
             "ok": self.ok,
         }
 
@@ -102,6 +111,10 @@ class VerifyResult:
             parts.append("unreadable manifests " + "; ".join(f"{k} ({why})" for k, why in self.unreadable.items()))
         if self.damaged_keys:
             parts.append("key slots damaged or edited: " + ", ".join(self.damaged_keys))
+        unrepaired = {k: why for k, why in self.damaged_metadata.items() if k not in self.repaired}
+        if unrepaired:
+            parts.append("damaged " + "; ".join(f"{k} ({why})" for k, why in unrepaired.items())
+                         + " ('cbtbackup verify --repair' rebuilds what it can)")
         parts.append(f"backups still damaged: {_names(self.damaged)}")
         return "; ".join(parts)
 
@@ -161,6 +174,7 @@ def run_verify(
     result = VerifyResult(refs, 0, 0)
     if repo.sealer.encrypted:
         result.damaged_keys = repo.keys.damaged()
+    result.damaged_metadata, result.stale, result.repaired = check_metadata(repo, repair)
     uses: dict[bytes, list[BackupRef]] = {}
     for ref in refs:
         try:

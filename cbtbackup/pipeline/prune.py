@@ -42,7 +42,7 @@ from cbtbackup.pipeline.retention_refresh import refresh_retention
 from cbtbackup.pipeline.workers import BoundedSubmitter, PipelineConfig
 from cbtbackup.repo.keys import KEYS_PREFIX
 from cbtbackup.repo.manifest import BACKUPS_PREFIX, BackupRef
-from cbtbackup.repo.repository import CHUNKS_PREFIX, CONFIG_KEY, HEADS_PREFIX, Repository
+from cbtbackup.repo.repository import CHUNKS_PREFIX, CONFIG_COPY_KEY, CONFIG_KEY, HEADS_PREFIX, Repository
 from cbtbackup.repo.store import ObjectInfo
 
 INCOMPLETE_AGE = 3600.0  # leftovers of puts older than this are surely from runs that died
@@ -148,7 +148,7 @@ def run_prune(
         hook("marked")
         if retention is not None and not options.dry_run:
             needed += [o for prefix in (BACKUPS_PREFIX, KEYS_PREFIX) for o in repo.store.list(prefix)]
-            needed += [o for o in [repo.store.stat(CONFIG_KEY)] if o is not None]
+            needed += [o for key in (CONFIG_KEY, CONFIG_COPY_KEY) if (o := repo.store.stat(key)) is not None]
             result.retention_extended = refresh_retention(repo, needed, config)
         if options.dry_run:
             result.duration_s = round(time.monotonic() - started, 3)

@@ -50,6 +50,9 @@ from cbtbackup.repo.store import Store
 Secret = str | KeyFile
 Passphrase = Secret | Callable[[], Secret | None] | None
 CONFIG_KEY = "config"
+# The config's second copy: one damaged object must not lose the repository. Written first at init (a
+# repository exists once ``config`` does), read only when ``config`` fails its checks.
+CONFIG_COPY_KEY = "config.copy"
 CHUNKS_PREFIX = "chunks/"
 HEADS_PREFIX = "heads/"
 
@@ -82,6 +85,8 @@ class Repository:
         self.locks = Locker(store, self.sealer)
         self._heads: dict[str, BackupRef] = {}  # chains whose newest backup this process already found
         self.conditional_create: bool | None = None  # what init's probe found (None: not asked)
+        self.config_raw = b""  # the config object's bytes this repository was opened with
+        self.notes: list[str] = []  # what opening it found and the user should hear (a config's copy used)
 
     # -- opening -------------------------------------------------------------------------------------------
 
@@ -112,24 +117,61 @@ class Repository:
                                   "--password-command, or a terminal)")
             master = os.urandom(32)
             sealer = AeadSealer(config.encryption, master)
-            config = dataclasses.replace(config, mac=sealer.config_mac(config.body_for_mac()))
             slot = KeySlots(store, config.id).add(passphrase, master)
-        store.put(CONFIG_KEY, config.to_bytes())  # last: a repository exists once its config does
+        config = dataclasses.replace(config, mac=sealer.config_mac(config.body_for_mac()))
+        raw = config.to_bytes()
+        store.put(CONFIG_COPY_KEY, raw)
+        store.put(CONFIG_KEY, raw)  # last: a repository exists once its config does
         store.sync()
         created = cls(store, config, location, sealer=sealer, key_slot=slot, master=master)
+        created.config_raw = raw
         created.conditional_create = conditional
         return created
 
     @classmethod
     def open(cls, store: Store, location: str, passphrase: Passphrase = None) -> Repository:
         """Open a repository; an encrypted one is unlocked with ``passphrase`` (a string, or a function
-        asked only then) and its config checked against the MAC made with its key."""
+        asked only then) and its config checked against the MAC made with its key. A config that fails its
+        checks while its copy passes them opens with the copy, and says so in ``notes``."""
         try:
             raw = store.get(CONFIG_KEY)
         except BucketMissingError:
             raise
         except NotFoundError:
             raise NotFoundError(f"{location} is not a cbtbackup repository (no config); create one with init") from None
+        asked: list[Secret | None] = []
+
+        def given() -> Secret | None:  # asked once, whichever copy needs it
+            if not asked:
+                asked.append(passphrase() if callable(passphrase) else passphrase)
+            return asked[0]
+
+        try:
+            repo = cls._open_with(store, location, raw, given)
+        except (CorruptDataError, UnlockError) as first:  # a newer format version is neither: refused as it is
+            copy = cls._config_copy(store)
+            if copy is None or copy == raw:
+                raise
+            try:
+                repo = cls._open_with(store, location, copy, given)
+            except (CorruptDataError, UnlockError):
+                raise first from None
+            repo.notes.append(f"the config object is damaged ({first}); opened with its copy {CONFIG_COPY_KEY} "
+                              "('cbtbackup verify --repair' writes it again)")
+            raw = copy
+        repo.config_raw = raw
+        return repo
+
+    @staticmethod
+    def _config_copy(store: Store) -> bytes | None:
+        try:
+            return store.get(CONFIG_COPY_KEY)
+        except NotFoundError:
+            return None
+
+    @classmethod
+    def _open_with(cls, store: Store, location: str, raw: bytes,
+                   passphrase: Callable[[], Secret | None]) -> Repository:
         config = RepositoryConfig.from_bytes(raw, location)
         retention = config.retention()
         if retention is not None:
@@ -138,8 +180,10 @@ class Repository:
             if next(iter(store.list("keys/")), None) is not None:
                 raise CorruptDataError(f"{location}: the config says unencrypted, but the repository has key slots: "
                                        "its config was changed")
+            if config.mac and config.mac != PlainSealer().config_mac(config.body_for_mac()):
+                raise CorruptDataError(f"{location}: the config is damaged (its checksum does not match)")
             return cls(store, config, location)
-        given = passphrase() if callable(passphrase) else passphrase
+        given = passphrase()
         if not given:
             raise UnlockError(f"{location} is encrypted: give its passphrase (CBTBACKUP_PASSWORD, --password-file, "
                               "--password-command, or a terminal) or a key file (--key-file)")
@@ -274,6 +318,28 @@ class Repository:
     def locked(self) -> bool:
         """Whether this repository's objects are immutable for a while after each write (S3 Object Lock)."""
         return bool(self.config.lock_mode)
+
+    def head_of(self, name: str) -> BackupRef | None:
+        """The backup ``heads/<name>`` names (None when there is no head); CorruptDataError when it cannot be
+        read or names a backup of another chain."""
+        key = HEADS_PREFIX + name
+        try:
+            raw = self.store.get(key)
+        except NotFoundError:
+            return None
+        try:
+            ref = BackupRef.from_key(str(json.loads(self.sealer.open(key, raw))["key"]))
+        except (CorruptDataError, ValueError, KeyError, TypeError):
+            raise CorruptDataError(f"{key} cannot be read") from None
+        if ref is None or ref.name != name:
+            raise CorruptDataError(f"{key} names a backup of another chain")
+        return ref
+
+    def set_head(self, ref: BackupRef) -> None:
+        """Point the chain's head at ``ref`` (verify --repair: a head rebuilt from the manifests)."""
+        self._put_head(ref)
+        with self._lock:
+            self._heads[ref.name] = ref
 
     def _put_head(self, ref: BackupRef) -> None:
         if self.locked:

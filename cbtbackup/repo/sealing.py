@@ -63,7 +63,9 @@ class PlainSealer:
         return blake3.blake3(data).digest()
 
     def config_mac(self, body: bytes) -> str:
-        return ""
+        # Not a MAC (anyone can recompute it): a checksum, so a flipped byte of an unencrypted config is
+        # found and its copy used (repository.py). Configs of earlier versions have none and are not checked.
+        return "blake3:" + blake3.blake3(body).hexdigest()
 
 
 class AeadSealer:

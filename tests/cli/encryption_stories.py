@@ -99,14 +99,19 @@ def tamper_story(cli: RunCli, repo: tuple[str, ...], make_image: MakeImage, tmp_
     assert named.code == 5 and named.json["damaged_keys"] == [first]
     objects.restore(pristine)
 
-    # An edited config.
+    # An edited config: its copy, which the MAC proves, opens the repository, with one line; both edited,
+    # nothing opens it.
     config = json.loads(objects.get("config"))
     config["chunk_size"] = config["chunk_size"] * 2
     objects.put("config", json.dumps(config).encode())
+    copied = cli("list", *repo)
+    assert copied.code == 0 and "config object is damaged" in copied.err and "config was changed" in copied.err
+    objects.put("config.copy", json.dumps(config).encode())
     cli("list", *repo).assert_one_line_error(5, "config was changed")
     config["chunk_size"] //= 2
     config["encryption"] = "none"
     objects.put("config", json.dumps(config).encode())
+    objects.put("config.copy", json.dumps(config).encode())
     cli("list", *repo).assert_one_line_error(5, "config was changed")
     objects.restore(pristine)
 

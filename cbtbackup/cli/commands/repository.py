@@ -165,6 +165,10 @@ def verify(repo: str, endpoint_url: str | None, backup: str | None, repair: bool
     lines = [f"quarantined {key}: {why}" for key, why in result.quarantined.items()]
     lines += [f"unreadable manifest {key}: {why}" for key, why in result.unreadable.items()]
     lines += [f"healed {key}" for key in result.healed]
+    lines += [f"{'repaired' if key in result.repaired else 'damaged'} {key}: {why}"
+              for key, why in result.damaged_metadata.items()]
+    lines += [f"{'rebuilt' if key in result.repaired else 'stale'} {key}: {why}"
+              for key, why in result.stale.items()]
     if not result.ok:
         if not as_json:
             for line in lines:

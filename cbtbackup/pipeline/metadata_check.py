@@ -1,0 +1,114 @@
+"""What ``verify`` checks besides chunks and manifests: the config and its copy, the chains' heads, and
+the lock objects — and what ``verify --repair`` rebuilds of them.
+
+- **config**: both objects must be the bytes the repository was opened with (which passed their checksum
+  or, encrypted, their MAC). A damaged one is reported; a missing copy (a repository made by an earlier
+  version) is reported apart, as stale; ``--repair`` writes either again from the good one.
+- **heads**: ``heads/<name>`` is a hint naming a chain's newest backup (docs/format.md). One that cannot be
+  read or names another chain's backup is damaged. One that names an older backup or one that no longer
+  exists, is missing while the chain has backups, or is left of a chain with none is *stale*: what a run
+  killed between its manifest and its head leaves, harmless (readers fall back to listing the chain), so
+  reported apart, as stale, and not as damage. ``--repair`` rebuilds both kinds from the manifests. Repositories
+  under Object Lock keep no heads: one found there is damaged, and removed by ``--repair``.
+- **locks**: a lock object that cannot be read is reported (it blocks nothing: lockers pass over it);
+  ``--repair`` removes it once it has not changed for the locks' time to live, when no live holder can
+  be refreshing it.
+
+Key slots are checked by ``repo.keys.damaged()`` (integrity.py reports them).
+"""
+
+from __future__ import annotations
+
+import time
+
+from cbtbackup.errors import CorruptDataError, NotFoundError
+from cbtbackup.repo.locks import DEFAULT_TTL, LOCKS_PREFIX
+from cbtbackup.repo.repository import CONFIG_COPY_KEY, CONFIG_KEY, HEADS_PREFIX, Repository
+
+
+def check_metadata(repo: Repository, repair: bool) -> tuple[dict[str, str], dict[str, str], list[str]]:
+    """(damaged object -> why, stale object -> why, objects repaired)."""
+    damaged: dict[str, str] = {}
+    stale: dict[str, str] = {}
+    repaired: list[str] = []
+    _check_config(repo, repair, damaged, stale, repaired)
+    _check_heads(repo, repair, damaged, stale, repaired)
+    _check_locks(repo, repair, damaged, repaired)
+    return damaged, stale, repaired
+
+
+def _check_config(repo: Repository, repair: bool, damaged: dict[str, str], stale: dict[str, str],
+                  repaired: list[str]) -> None:
+    if not repo.config_raw:
+        return
+    for key in (CONFIG_KEY, CONFIG_COPY_KEY):
+        try:
+            raw = repo.store.get(key)
+        except NotFoundError:
+            # An earlier version's repository has no copy: not damage, but one flipped byte from lost.
+            stale[key] = "missing (a repository made by an earlier version has none)"
+        else:
+            if raw == repo.config_raw:
+                continue
+            damaged[key] = "not the config the repository opened with (damaged or edited)"
+        if repair:  # under Object Lock a new version: the damaged one stays below it
+            repo.store.put(key, repo.config_raw)
+            repaired.append(key)
+    if repaired:
+        repo.store.sync()
+
+
+def _check_heads(repo: Repository, repair: bool, damaged: dict[str, str], stale: dict[str, str],
+                 repaired: list[str]) -> None:
+    refs = repo.list_backups()
+    newest = {}
+    for ref in refs:  # sorted by chain and time: the last of each chain wins
+        newest[ref.name] = ref
+    existing = {ref.key for ref in refs}
+    names = {obj.key[len(HEADS_PREFIX):] for obj in repo.store.list(HEADS_PREFIX)}
+    for name in sorted(names | set(newest)):
+        key = HEADS_PREFIX + name
+        if repo.locked:
+            if name in names:
+                damaged[key] = "a head in a repository under Object Lock, which keeps none"
+                if repair:
+                    repo.store.delete(key)
+                    repaired.append(key)
+            continue
+        want = newest.get(name)
+        try:
+            head = repo.head_of(name) if name in names else None
+        except CorruptDataError as e:
+            damaged[key] = str(e).split(" ", 1)[1]
+        else:
+            if head is not None and want is not None and head == want:
+                continue
+            if want is None:
+                stale[key] = "left of a chain that has no backups"
+            elif head is None:
+                stale[key] = "missing"
+            elif head.key not in existing:
+                stale[key] = f"names {head.id}, which does not exist"
+            else:
+                stale[key] = f"names {head.id}, not the chain's newest {want.id}"
+        if repair:
+            if want is None:
+                repo.store.delete(key)
+            else:
+                repo.set_head(want)
+            repaired.append(key)
+
+
+def _check_locks(repo: Repository, repair: bool, damaged: dict[str, str], repaired: list[str]) -> None:
+    now = time.time()
+    for obj in repo.store.list(LOCKS_PREFIX):
+        try:
+            repo.locks.unseal(obj.key, repo.store.get(obj.key))
+        except NotFoundError:
+            continue  # released meanwhile
+        except (ValueError, KeyError, TypeError, CorruptDataError):
+            old = now - obj.modified > DEFAULT_TTL
+            damaged[obj.key] = "cannot be read" + ("" if old else " (written less than 30 minutes ago: kept)")
+            if repair and old:
+                repo.store.delete(obj.key)
+                repaired.append(obj.key)
