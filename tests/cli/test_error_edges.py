@@ -179,3 +179,37 @@ def test_an_empty_or_not_a_number_value_is_refused_not_ignored(cli: RunCli, repo
     assert result.code != 0 and result.code != 70, (result.code, result.err)
     assert len(result.err.strip().splitlines()) == 1, result.err
     assert len(cli("list", "-r", repo, "--json").json["backups"]) == 1
+
+
+HANGING_CLEANUP = """
+import signal, sys, time
+import cbtbackup.cli.app as app
+signal.signal(signal.SIGINT, signal.SIG_DFL)
+app.SIGTERM_GRACE = 1.0
+if sys.argv[1] == "unhurried":
+    app.unhurried_sigterm()
+with app._sigterm_unwinds():
+    try:
+        print("ready", flush=True)
+        time.sleep(60)
+    finally:
+        time.sleep(float(sys.argv[2]))  # a clean-up that takes this long
+"""
+
+
+@pytest.mark.parametrize("mode", ["watched", "unhurried"])
+def test_a_clean_up_that_hangs_after_sigterm_ends_by_the_watchdog(mode: str) -> None:
+    cleanup = "60" if mode == "watched" else "2"
+    child = subprocess.Popen([sys.executable, "-c", HANGING_CLEANUP, mode, cleanup],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+    started = time.monotonic()
+    child.send_signal(signal.SIGTERM)
+    _, err = child.communicate(timeout=30)
+    took = time.monotonic() - started
+    if mode == "watched":
+        assert child.returncode == 143 and took < 10
+        assert err.strip().splitlines() == ["cbtbackup: the clean-up did not end within 1 s of SIGTERM; leaving now",
+                                            "cbtbackup: error: terminated"]
+    else:  # a job's hooks are released under their own timeouts: its clean-up runs to its end
+        assert took >= 2 and "leaving now" not in err

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cbtbackup.cli.app import emit, json_option
+from cbtbackup.cli.app import emit, json_option, unhurried_sigterm
 from cbtbackup.cli.progress_bar import make_progress
 from cbtbackup.jobs.job_file import load_job
 from cbtbackup.jobs.runner import RunOptions, plan_job, run_job
@@ -19,6 +19,7 @@ from cbtbackup.jobs.runner import RunOptions, plan_job, run_job
 def run(job_file: str, dry_run: bool, metrics_file: str | None, as_json: bool) -> None:
     """Run the backup job described in JOB.toml: every source, retention, checks, hooks, notifications,
     metrics (docs/fleet.md). Exits 0 when every source was backed up, 20 when some were, 21 when none."""
+    unhurried_sigterm()
     job = load_job(job_file)
     if dry_run:
         lines = plan_job(job)
