@@ -174,7 +174,8 @@ def run_verify(
     result = VerifyResult(refs, 0, 0)
     if repo.sealer.encrypted:
         result.damaged_keys = repo.keys.damaged()
-    result.damaged_metadata, result.stale, result.repaired = check_metadata(repo, repair)
+    result.damaged_metadata, result.stale, result.repaired = check_metadata(
+        repo, repair, refs[0].name if backup else None)
     uses: dict[bytes, list[BackupRef]] = {}
     for ref in refs:
         try:

@@ -26,13 +26,15 @@ from cbtbackup.repo.locks import DEFAULT_TTL, LOCKS_PREFIX
 from cbtbackup.repo.repository import CONFIG_COPY_KEY, CONFIG_KEY, HEADS_PREFIX, Repository
 
 
-def check_metadata(repo: Repository, repair: bool) -> tuple[dict[str, str], dict[str, str], list[str]]:
-    """(damaged object -> why, stale object -> why, objects repaired)."""
+def check_metadata(repo: Repository, repair: bool, chain: str | None = None
+                   ) -> tuple[dict[str, str], dict[str, str], list[str]]:
+    """(damaged object -> why, stale object -> why, objects repaired). With ``chain`` (verify of one backup)
+    only that chain's head is checked: one chain's commands never read the others'."""
     damaged: dict[str, str] = {}
     stale: dict[str, str] = {}
     repaired: list[str] = []
     _check_config(repo, repair, damaged, stale, repaired)
-    _check_heads(repo, repair, damaged, stale, repaired)
+    _check_heads(repo, repair, damaged, stale, repaired, chain)
     _check_locks(repo, repair, damaged, repaired)
     return damaged, stale, repaired
 
@@ -59,13 +61,18 @@ def _check_config(repo: Repository, repair: bool, damaged: dict[str, str], stale
 
 
 def _check_heads(repo: Repository, repair: bool, damaged: dict[str, str], stale: dict[str, str],
-                 repaired: list[str]) -> None:
-    refs = repo.list_backups()
+                 repaired: list[str], chain: str | None) -> None:
+    refs = repo.list_backups(chain)
     newest = {}
     for ref in refs:  # sorted by chain and time: the last of each chain wins
         newest[ref.name] = ref
     existing = {ref.key for ref in refs}
-    names = {obj.key[len(HEADS_PREFIX):] for obj in repo.store.list(HEADS_PREFIX)}
+    if chain is None:
+        names = {obj.key[len(HEADS_PREFIX):] for obj in repo.store.list(HEADS_PREFIX)}
+    else:
+        # A listing of this one key's prefix, not a HEAD: one request either way, and it finds no other chain.
+        key = HEADS_PREFIX + chain
+        names = {chain} if any(o.key == key for o in repo.store.list(key)) else set()
     for name in sorted(names | set(newest)):
         key = HEADS_PREFIX + name
         if repo.locked:
