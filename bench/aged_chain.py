@@ -38,11 +38,10 @@ from cbtbackup.pipeline.repack import REPACK_OVER
 from cbtbackup.repo.repository import Repository
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from restore_chain import new_repo, restore
+from restore_chain import WRITE, new_repo, restore, rewrite_scattered
 from s3_vs_local import make_image
 
 MiB = 1 << 20
-WRITE = 64 << 10
 KINDS = ("single", "repacked", "unrepacked")
 
 
@@ -85,10 +84,7 @@ def main() -> None:
         rng = random.Random(1)
         writes = max(1, int(size * args.change_pct / 100) // WRITE)
         for day in range(args.days):
-            with TrackedVolume.open(image) as vol:
-                for block in rng.sample(range(size // WRITE), writes):
-                    data = rng.randbytes(WRITE // 2).hex().encode() if block % 2 else rng.randbytes(WRITE)
-                    vol.write(block * WRITE, data)
+            rewrite_scattered(image, rng, size, writes)
             for repack, repo in chains.items():
                 run_backup(repo, BackupOptions(str(image), "incr"))
                 if args.schedule == "daily" or day == args.days - 1:

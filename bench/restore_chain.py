@@ -45,6 +45,14 @@ def new_repo(path: Path) -> Repository:
     return Repository.init(open_store(location, StoreOptions(), create=True), location, RepositoryConfig())
 
 
+def rewrite_scattered(image: Path, rng: random.Random, size: int, writes: int) -> None:
+    """One day's change: ``writes`` scattered 64 KiB blocks through the engine, text-like or random."""
+    with TrackedVolume.open(image) as vol:
+        for block in rng.sample(range(size // WRITE), writes):
+            data = rng.randbytes(WRITE // 2).hex().encode() if block % 2 else rng.randbytes(WRITE)
+            vol.write(block * WRITE, data)
+
+
 def restore(repo: Path, target: Path) -> tuple[float, float, int]:
     """Wall seconds, CPU seconds (user + system) and chunks fetched of one restore from a cold cache."""
     target.unlink(missing_ok=True)
@@ -83,10 +91,7 @@ def main() -> None:
         rng = random.Random(1)
         writes = max(1, int(size * args.change_pct / 100) // WRITE)
         for _ in range(args.incrementals):
-            with TrackedVolume.open(image) as vol:
-                for block in rng.sample(range(size // WRITE), writes):
-                    data = rng.randbytes(WRITE // 2).hex().encode() if block % 2 else rng.randbytes(WRITE)
-                    vol.write(block * WRITE, data)
+            rewrite_scattered(image, rng, size, writes)
             run_backup(chain, BackupOptions(str(image), "incr"))
         final = work / "final.img"
         shutil.copyfile(image, final)
