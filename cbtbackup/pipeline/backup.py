@@ -45,7 +45,13 @@ from cbtbackup.pipeline.plan import Extent, aligned_extents, cbt_extents, lost_r
 from cbtbackup.pipeline.progress import NullProgress, Progress
 from cbtbackup.pipeline.scan_compare import PreviousImage
 from cbtbackup.pipeline.synthesize import synthesize
-from cbtbackup.pipeline.tracking_check import TrackingCheck, UnchangedSample, check_unchanged
+from cbtbackup.pipeline.tracking_check import (
+    TrackingCheck,
+    UnchangedSample,
+    check_sampled,
+    check_unchanged,
+    draw_sample,
+)
 from cbtbackup.pipeline.workers import BoundedSubmitter, PipelineConfig
 from cbtbackup.repo.chunk_presence import ChunkPresence
 from cbtbackup.repo.locks import HeldLock
@@ -135,6 +141,8 @@ def run_backup(
     log.info("%s of %s through the %s provider", options.kind, provider.source, provider.name)
     explicit = check_name(options.name) if options.name else None
     _check_since(options)
+    if options.synthetic_full_every:
+        repo.require_full_key("--synthetic-full-every")
     with _chain_lock(repo, options, candidate_names(provider.source, explicit), progress) as lock:
         name = chain_for(repo, provider.source, explicit, options.rename_source)
         log.info("chain %s; lock held", name)
@@ -307,7 +315,9 @@ def backup_session(
     if differential:
         note(f"differential: the changes since backup {since.id if since else ''}")
     if kind == "incr" and parent is None:
-        note(f"no previous backup named {name!r}: taking a full backup")
+        why = repo.why_no_latest(name)
+        note(f"no previous backup named {name!r}: taking a full backup" if not why else
+             f"{why}: taking a full backup (it stores only the chunks the repository lacks)")
     size = session.image.size
     prev_manifest, prev_map = None, None
     if parent is not None:
@@ -365,8 +375,12 @@ def backup_session(
     )
     log.info("read and stored in %.2f s: %d new chunks, %d reused; writing the manifest",
              writer.stats.duration_s, writer.stats.chunks_new, writer.stats.chunks_reused)
+    # A host that cannot read the repository back samples now what the next incremental checks the tracking
+    # against (tracking_check.py).
+    sample = () if repo.can_read else draw_sample(
+        session.image, session.cbt.info.block_size if session.cbt else SCAN_BLOCK, check.sample, repo.chunk_id)
     hook("before-commit")
-    repo.save_manifest(manifest)
+    repo.save_manifest(manifest, resolved=resolved, sample=sample)
     log.info("backup %s committed", manifest.ref.id)
     if lied:  # the tracker keeps a short reason (64 bytes): the whole line is in this backup's notes
         session.distrust("a backup caught the tracking under-reporting")
@@ -408,9 +422,13 @@ def _plan(
             if damaged:  # read again what the chain lost, so this backup stores it anew
                 note(f"re-reading {len(damaged)} range(s) whose chunks verify found bad or missing")
                 runs = merge_runs(runs, damaged)
-            check.result = check_unchanged(session.image, runs, info.block_size,
-                                           PreviousImage(prev_map, repo.get_chunk, info.block_size, lost),
-                                           repo.chunk_id, check.sample)
+            sampled = repo.tracking_sample(prev.ref)
+            if sampled is not None:  # write-only: the blocks sampled when the previous backup was written
+                check.result = check_sampled(session.image, runs, info.block_size, sampled, repo.chunk_id)
+            else:
+                check.result = check_unchanged(session.image, runs, info.block_size,
+                                               PreviousImage(prev_map, repo.get_chunk, info.block_size, lost),
+                                               repo.chunk_id, check.sample)
             if check.result.mismatch is None:
                 total = sum(min(size, (f + n) * info.block_size) - f * info.block_size for f, n in runs)
                 return "cbt", cbt_extents(runs, info.block_size, size, chunk_size), total, None

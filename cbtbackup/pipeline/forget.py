@@ -56,6 +56,7 @@ def run_forget(
     """Decide what goes, then (unless a dry run) remove it under the locks of the chains involved.
 
     Hook points: ``"folded"`` after each child is rewritten, ``"removed"`` after each backup is deleted."""
+    repo.require_full_key("forget")
     progress = progress or NullProgress()
     if options.ids and options.policy is not None:
         raise UsageError("name backups or give a policy, not both")

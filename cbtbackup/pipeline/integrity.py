@@ -165,6 +165,7 @@ def run_verify(
 ) -> VerifyResult:
     """Read and check every chunk the backup (or every backup) needs, or a random ``sample`` of them;
     quarantine what fails."""
+    repo.require_full_key("verify")
     progress = progress or NullProgress()
     config = config or PipelineConfig()
     if repair and backup:

@@ -108,6 +108,7 @@ def run_prune(
 ) -> PruneResult:
     """Hook points: ``"marked"`` (candidates known, no lock on backups), ``"locked"`` (sweep lock held),
     ``"deleting"`` (after the first batch of deletions)."""
+    repo.require_full_key("prune")
     progress = progress or NullProgress()
     config = config or PipelineConfig()
     started = time.monotonic()

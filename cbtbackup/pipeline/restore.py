@@ -85,6 +85,7 @@ class RestoreResult:
 def run_restore(
     repo: Repository, options: RestoreOptions, progress: Progress | None = None, config: PipelineConfig | None = None
 ) -> RestoreResult:
+    repo.require_full_key("restore")
     progress = progress or NullProgress()
     config = config or PipelineConfig()
     started = time.monotonic()

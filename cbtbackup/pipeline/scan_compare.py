@@ -26,6 +26,7 @@ from __future__ import annotations
 from cbtbackup.errors import CorruptDataError, NotFoundError
 from cbtbackup.model.extent_map import ZERO_DIGEST, ExtentMap, Piece
 from cbtbackup.pipeline.chunk_source import ChunkSource, FetchChunk
+from cbtbackup.repo.write_only import WriteOnlyError
 
 Part = tuple[int, int]  # (offset, length) of a run of blocks that differ
 PREVIOUS_CACHE = 64 << 20
@@ -81,7 +82,7 @@ class PreviousImage:
                 return None
             try:
                 chunk = self._chunks.get(p.digest)
-            except (CorruptDataError, NotFoundError):
+            except (CorruptDataError, NotFoundError, WriteOnlyError):  # write-only: the extent is stored whole
                 return None
             if p.chunk_offset + p.length > len(chunk):
                 return None

@@ -35,6 +35,7 @@ def synthesize(repo: Repository, ref: BackupRef) -> Manifest:
 
 def run_synthesize(repo: Repository, spec: str, wait_lock: float = 0.0) -> Manifest:
     """``cbtbackup synthesize``: find the backup, hold its chain, write its synthetic full."""
+    repo.require_full_key("synthesize")
     ref = repo.find(spec)
     with repo.locks.acquire(f"synthesize {ref.id}", exclusive=(f"chain:{ref.name}",), shared=("repo",),
                             wait=wait_lock):

@@ -143,3 +143,49 @@ def check_unchanged(
         if previous.changed_parts(offset, data, digest, previous.pieces(offset, length)):
             return TrackingCheck(checked, (offset, length))
     return TrackingCheck(checked)
+
+
+# A host with a write-only key cannot read the previous backup's chunks to compare with. It draws the sample
+# when it writes a backup instead, keeps the digests of those blocks (repo/host_state.py), and the next
+# incremental checks those of them the tracking reports unchanged. The blocks are as random, and as unknown
+# to anything that writes around the tracker, as those drawn at the check; the few that a later change
+# touches are not replaced by others.
+SampledBlock = tuple[int, int, bytes]  # (offset, length, chunk id of the bytes)
+
+
+def block_digest(data: bytes, chunk_id: ChunkId) -> bytes:
+    return ZERO_DIGEST if bytes(len(data)) == data else chunk_id(data)
+
+
+def draw_sample(image: BlockReader, block_size: int, sample: UnchangedSample, chunk_id: ChunkId,
+                rng: random.Random | None = None) -> tuple[SampledBlock, ...]:
+    """Read a random sample of blocks of ``image`` (the budget of ``sample``) and keep their digests."""
+    size = image.size
+    budget = sample.budget(size)
+    block_count = -(-size // block_size)
+    if budget <= 0 or block_count == 0:
+        return ()
+    out = []
+    for block in draw_blocks([(0, block_count)], -(-budget // block_size), rng or random.SystemRandom()):
+        offset = block * block_size
+        data = image.read(offset, min(block_size, size - offset))
+        out.append((offset, len(data), block_digest(data, chunk_id)))
+    return tuple(out)
+
+
+def check_sampled(image: BlockReader, changed: list[Run], block_size: int, sampled: tuple[SampledBlock, ...],
+                  chunk_id: ChunkId) -> TrackingCheck:
+    """Compare the blocks sampled at the previous backup that ``changed`` leaves out with their digests then."""
+    starts = [first * block_size for first, _ in changed]
+    checked = 0
+    for offset, length, digest in sampled:
+        i = bisect.bisect_right(starts, offset + length - 1) - 1
+        if i >= 0 and (changed[i][0] + changed[i][1]) * block_size > offset:
+            continue  # reported changed: nothing to check
+        if offset + length > image.size:
+            continue
+        data = image.read(offset, length)
+        checked += length
+        if block_digest(data, chunk_id) != digest:
+            return TrackingCheck(checked, (offset, length))
+    return TrackingCheck(checked)

@@ -9,7 +9,8 @@ ever written new, or replaced on request, never in place.
 
 The file is JSON: format, version, the id of the repository it opens, when and where it was written, the
 master key in hex, and a BLAKE3 checksum over the rest that tells a damaged or edited file from a key of
-another repository. It never enters the repository; key slots are unchanged.
+another repository. It never enters the repository; key slots are unchanged. A write-only key file
+(``write_only.py``) is written and read by the same rules.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 import blake3
 
 from cbtbackup.errors import CbtError, CorruptDataError, UsageError, os_error
+from cbtbackup.repo import write_only
 
 FORMAT = "cbtbackup-key-file"
 MASTER_SIZE = 32
@@ -48,14 +50,24 @@ def _checksum(fields: dict[str, Any]) -> str:
 def write_key_file(path: str | os.PathLike[str], repository: str, master: bytes, *, replace: bool = False) -> None:
     """Write the key file: mode 0600, created new; an existing file is replaced (atomically) only with
     ``replace``."""
+    fields = {"format": FORMAT, "version": 1, "repository": repository, "created": time.time(),
+              "host": os.uname().nodename, "master": master.hex()}
+    write_secret_file(path, json.dumps({**fields, "checksum": _checksum(fields)}, indent=2).encode() + b"\n", replace)
+
+
+def write_write_only_key(path: str | os.PathLike[str], fields: dict[str, Any], replace: bool = False) -> None:
+    """Write a write-only key file (fields from :func:`write_only.write_only_fields`), like a key file."""
+    write_secret_file(path, json.dumps({**fields, "checksum": write_only.checksum(fields)}, indent=2).encode()
+                      + b"\n", replace)
+
+
+def write_secret_file(path: str | os.PathLike[str], body: bytes, replace: bool) -> None:
+    """Mode 0600, created new; an existing file is replaced (atomically) only with ``replace``."""
     target = Path(path)
     if target.is_dir():
         raise UsageError(f"{target} is a directory; give the key file's path")
     if target.exists() and not replace:
         raise UsageError(f"{target} exists; give --force to replace it")
-    fields = {"format": FORMAT, "version": 1, "repository": repository, "created": time.time(),
-              "host": os.uname().nodename, "master": master.hex()}
-    body = json.dumps({**fields, "checksum": _checksum(fields)}, indent=2).encode() + b"\n"
     tmp = target.with_name(f".{target.name}.{os.urandom(4).hex()}.tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -83,8 +95,9 @@ def write_key_file(path: str | os.PathLike[str], repository: str, master: bytes,
         os.close(dir_fd)
 
 
-def read_key_file(path: str | os.PathLike[str]) -> KeyFile:
-    """Read and check a key file: refused if others may read it, damaged, or not a key file."""
+def read_key_file(path: str | os.PathLike[str]) -> KeyFile | write_only.WriteOnlyKey:
+    """Read and check a key file (or a write-only key file): refused if others may read it, damaged, or not
+    a key file."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as e:
@@ -103,6 +116,8 @@ def read_key_file(path: str | os.PathLike[str]) -> KeyFile:
         os.close(fd)
     try:
         fields: dict[str, Any] = json.loads(raw)
+        if isinstance(fields, dict) and fields.get("format") == write_only.FORMAT:
+            return write_only.parse_write_only_key(str(path), fields)
         checksum = fields.pop("checksum")
         if fields.get("format") != FORMAT or _checksum(fields) != checksum:
             raise ValueError("not a key file")

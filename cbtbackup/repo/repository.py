@@ -36,18 +36,21 @@ from cbtbackup.repo.chunk_codec import ChunkCodec, CorruptChunkError, MissingChu
 from cbtbackup.repo.chunk_presence import ChunkPresence, chunk_presence
 from cbtbackup.repo.conditional_probe import honours_conditional_create
 from cbtbackup.repo.config import RepositoryConfig
-from cbtbackup.repo.key_file import KeyFile, write_key_file
+from cbtbackup.repo.host_state import HostRecord, HostState, SampledBlock
+from cbtbackup.repo.key_file import KeyFile, write_key_file, write_write_only_key
 from cbtbackup.repo.keys import KeySlots, UnlockError
 from cbtbackup.repo.locks import Locker
 from cbtbackup.repo.manifest import BACKUPS_PREFIX, BackupRef, Manifest
 from cbtbackup.repo.manifest_cache import ManifestCache, default_cache_root
 from cbtbackup.repo.quarantine import Quarantine
-from cbtbackup.repo.sealing import AeadSealer, PlainSealer, Sealer
+from cbtbackup.repo.sealing import AeadSealer, PlainSealer
 from cbtbackup.repo.store import Store
+from cbtbackup.repo.write_only import WriteOnlyError, WriteOnlyKey, WriteOnlySealer, config_digest, write_only_fields
 
 # What unlocks an encrypted repository: a passphrase (through a key slot) or a key file; asked for only
 # when the repository turns out to be encrypted.
-Secret = str | KeyFile
+Secret = str | KeyFile | WriteOnlyKey
+Sealer = PlainSealer | AeadSealer | WriteOnlySealer
 Passphrase = Secret | Callable[[], Secret | None] | None
 CONFIG_KEY = "config"
 # The config's second copy: one damaged object must not lose the repository. Written first at init (a
@@ -65,11 +68,18 @@ class Repository:
     def __init__(
         self, store: Store, config: RepositoryConfig, location: str, cache: ManifestCache | None = None,
         sealer: Sealer | None = None, key_slot: str | None = None, master: bytes | None = None,
+        host_state: HostState | None = None,
     ) -> None:
         self.store = store
         self.config = config
         self.location = location
         self.sealer: Sealer = sealer or PlainSealer()
+        # False when opened with a write-only key: it backs up, its own chains' history comes from
+        # ``host_state``, and every read of the repository's objects raises WriteOnlyError.
+        self.can_read = self.sealer.can_read
+        self.host_state = host_state
+        self._own: dict[str, tuple[Manifest, ExtentMap, tuple[SampledBlock, ...]]] = {}  # key -> this host's record
+        self._no_latest: dict[str, str] = {}  # chain -> why this host has no usable record of it
         self.chunk_id = self.sealer.chunk_id
         self.codec = ChunkCodec(config.compression, self.sealer.chunk_id)
         self.keys = KeySlots(store, config.id)
@@ -78,11 +88,11 @@ class Repository:
         self._manifests: dict[str, tuple[str, Manifest]] = {}  # key -> (version, manifest)
         self._versions: dict[str, str] = {}  # key -> the version the store last listed
         self._lock = threading.Lock()
-        if cache is None and store.capabilities().remote:
+        if cache is None and store.capabilities().remote and self.can_read:
             cache = ManifestCache(default_cache_root(), config.id)
         self._cache = cache
         self.quarantine = Quarantine(store)
-        self.locks = Locker(store, self.sealer)
+        self.locks = Locker(store, self.sealer.lock_sealer())
         self._heads: dict[str, BackupRef] = {}  # chains whose newest backup this process already found
         self.conditional_create: bool | None = None  # what init's probe found (None: not asked)
         self.config_raw = b""  # the config object's bytes this repository was opened with
@@ -187,6 +197,8 @@ class Repository:
         if not given:
             raise UnlockError(f"{location} is encrypted: give its passphrase (CBTBACKUP_PASSWORD, --password-file, "
                               "--password-command, or a terminal) or a key file (--key-file)")
+        if isinstance(given, WriteOnlyKey):
+            return cls._open_write_only(store, location, config, given)
         slot: str | None = None
         if isinstance(given, KeyFile):  # the master key itself: no key slot, no Argon2id
             if given.repository != config.id:
@@ -202,14 +214,44 @@ class Repository:
             raise CorruptDataError(f"{location}: the config was changed (its MAC does not match the key)")
         return cls(store, config, location, sealer=sealer, key_slot=slot, master=master)
 
+    @classmethod
+    def _open_write_only(cls, store: Store, location: str, config: RepositoryConfig, key: WriteOnlyKey) -> Repository:
+        if key.repository != config.id:
+            raise UnlockError(f"the write-only key file {key.path} is for another repository, not {location}")
+        if key.cipher != config.encryption or key.config_digest != config_digest(config.body_for_mac()):
+            raise CorruptDataError(f"{location}: the config is not the one the write-only key {key.path} was made "
+                                   "for (it was changed)")
+        state = HostState(key, config.id)
+        state.check_repository(location)
+        return cls(store, config, location, sealer=WriteOnlySealer(key), host_state=state)
+
+    def require_full_key(self, what: str) -> None:
+        """Refuse ``what`` (one line, exit 13) before it starts when the repository was opened write-only."""
+        if not self.can_read:
+            raise WriteOnlyError(f"{what} needs to read the repository: a write-only key can only back up; give a "
+                                 "passphrase or a full key file")
+
+    def write_only_key(self, path: str, replace: bool = False) -> str:
+        """Write a write-only key file for this repository (it must be encrypted and opened with a full key);
+        the new key's id."""
+        if not isinstance(self.sealer, AeadSealer):
+            raise UsageError(f"{self.location} is not encrypted: anyone who can write to it can read it, so a "
+                             "write-only key would protect nothing" if not self.sealer.encrypted else
+                             "a write-only key cannot make another key")
+        fields = write_only_fields(self.config.id, self.sealer, config_digest(self.config.body_for_mac()))
+        write_write_only_key(path, fields, replace=replace)
+        return str(fields["id"])
+
     def write_key_file(self, path: str, replace: bool = False) -> None:
         """Write this repository's master key to a key file (the repository must be encrypted and unlocked)."""
+        self.require_full_key("exporting the key")
         if self._master is None:
             raise UsageError(f"{self.location} is not encrypted: it has no key to write")
         write_key_file(path, self.config.id, self._master, replace=replace)
 
     def add_key(self, passphrase: str) -> str:
         """A new key slot for ``passphrase`` (the repository must be encrypted and unlocked)."""
+        self.require_full_key("adding a key")
         if self._master is None:
             raise UsageError(f"{self.location} is not encrypted: it has no keys")
         return self.keys.add(passphrase, self._master)
@@ -279,10 +321,14 @@ class Repository:
 
     # -- manifests -----------------------------------------------------------------------------------------
 
-    def save_manifest(self, manifest: Manifest, newest: bool = True) -> None:
+    def save_manifest(self, manifest: Manifest, newest: bool = True, resolved: ExtentMap | None = None,
+                      sample: tuple[SampledBlock, ...] = ()) -> None:
         """Commit a backup: make its chunks durable, then put the manifest, then make that durable; a
-        backup that is its chain's ``newest`` becomes the chain's head."""
-        raw = self.sealer.seal(manifest.ref.key, manifest.to_bytes())
+        backup that is its chain's ``newest`` becomes the chain's head. Opened write-only, the host then
+        records the backup (its ``resolved`` map and the tracking ``sample`` for the next check) to build
+        the next incremental on."""
+        plain = manifest.to_bytes()
+        raw = self.sealer.seal(manifest.ref.key, plain)
         self.store.sync()
         self.store.put(manifest.ref.key, raw)
         self.store.sync()
@@ -291,9 +337,17 @@ class Repository:
             self._put_head(manifest.ref)
             with self._lock:
                 self._heads[manifest.ref.name] = manifest.ref
+        if self.host_state is not None:
+            if resolved is None or not newest:
+                raise WriteOnlyError("only a backup's newest manifest, with its resolved map, is written write-only")
+            info = self.store.stat(manifest.ref.key)
+            self.host_state.save(manifest.ref.name, HostRecord(manifest.ref.key, info.version if info else "", plain,
+                                                               resolved.to_bytes(), sample))
+            self._own[manifest.ref.key] = (manifest, resolved, sample)
 
     def rewrite_manifest(self, manifest: Manifest) -> None:
         """Replace a manifest in place, atomically (``forget`` folding a removed parent into it)."""
+        self.require_full_key("rewriting a backup")
         raw = self.sealer.seal(manifest.ref.key, manifest.to_bytes())
         self.store.put(manifest.ref.key, raw)
         self.store.sync()
@@ -301,6 +355,7 @@ class Repository:
 
     def delete_manifest(self, ref: BackupRef) -> None:
         """Remove a backup's manifest, and point its chain's head at the newest backup left (if any)."""
+        self.require_full_key("removing a backup")
         self.store.delete(ref.key)
         self.store.sync()
         with self._lock:
@@ -426,11 +481,53 @@ class Repository:
             known = self._heads.get(name)
         if known is not None:
             return known
-        found = self._find_latest(name)
+        found = self._find_latest(name) if self.host_state is None else self._own_latest(name, self.host_state)
         if found is not None:
             with self._lock:
                 self._heads[name] = found
         return found
+
+    def why_no_latest(self, name: str) -> str:
+        """Why :meth:`latest` found nothing this process may build on ('' when the chain simply has no backup)."""
+        return self._no_latest.get(name, "")
+
+    def tracking_sample(self, ref: BackupRef) -> tuple[SampledBlock, ...] | None:
+        """Opened write-only: the blocks the host sampled when it wrote ``ref`` (None opened with a full key,
+        which compares with the backup's own chunks instead)."""
+        own = self._own.get(ref.key)
+        return own[2] if own is not None and not self.can_read else None
+
+    def _own_latest(self, name: str, state: HostState) -> BackupRef | None:
+        """The newest backup of ``name`` from this host's own record, if the repository still holds its manifest
+        exactly as it was written."""
+        record, why = state.load(name)
+        if record is None:
+            self._no_latest[name] = why
+            return None
+        ref = BackupRef.from_key(record.ref_key)
+        info = self.store.stat(record.ref_key)
+        if ref is None or ref.name != name:
+            self._no_latest[name] = f"this host's record of chain {name!r} names another chain's backup"
+            return None
+        if info is None:
+            self._no_latest[name] = f"backup {ref.id}, the newest this host recorded, is no longer in the repository"
+            return None
+        if not info.version or info.version != record.version:
+            self._no_latest[name] = (f"backup {ref.id} was rewritten since this host wrote it (forget or prune), "
+                                     "so this host's record of it no longer holds")
+            return None
+        try:
+            manifest = Manifest.from_bytes(record.manifest, record.ref_key)
+            resolved = ExtentMap.from_bytes(record.resolved)
+        except (CorruptDataError, ValueError):
+            manifest = None
+        if manifest is None or not manifest.has_map(resolved.map_digest()):
+            self._no_latest[name] = f"this host's record of backup {ref.id} is damaged"
+            return None
+        self._own[ref.key] = (manifest, resolved, record.sample)
+        with self._lock:
+            self._manifests[ref.key] = ("", manifest)
+        return ref
 
     def _find_latest(self, name: str) -> BackupRef | None:
         try:
@@ -537,6 +634,8 @@ class Repository:
 
         A chain that does not resolve is read once more from the store: copies held in memory or in the
         local cache may predate a ``forget`` that folded a parent into its child."""
+        if (own := self._own.get(ref.key)) is not None:
+            return own[0], own[1]
         try:
             return self._resolve(self.chain(ref), ref)
         except CorruptDataError:

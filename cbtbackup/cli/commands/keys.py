@@ -1,5 +1,5 @@
-"""``key list | add | remove | passwd | export``: what opens an encrypted repository — passphrases (key slots)
-and key files."""
+"""``key list | add | remove | passwd | export``: what opens an encrypted repository — passphrases (key slots),
+key files and write-only key files."""
 
 from __future__ import annotations
 
@@ -75,12 +75,22 @@ def passwd(repo: str, endpoint_url: str | None, new_password_file: str | None, a
 @repo_option
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--force", is_flag=True, help="Replace FILE if it exists.")
+@click.option("--write-only", is_flag=True,
+              help="A write-only key instead: it backs up (full, incr) but reads nothing, not even its own backups.")
 @json_option
-def export(repo: str, endpoint_url: str | None, file: str, force: bool, as_json: bool) -> None:
+def export(repo: str, endpoint_url: str | None, file: str, force: bool, write_only: bool, as_json: bool) -> None:
     """Write the repository's master key to FILE (mode 0600), for runs without a passphrase (--key-file).
 
-    Anyone who can read FILE can read and change every backup: keep it where only root reads it."""
+    Anyone who can read FILE can read and change every backup: keep it where only root reads it. With
+    --write-only, FILE lets a host back up and nothing more: restore, list, verify, forget and prune need a
+    passphrase or a full key file. The host keeps what its next incremental needs in FILE.state/."""
     repository = open_repo(repo, endpoint_url)
+    if write_only:
+        key_id = repository.write_only_key(file, replace=force)
+        emit(as_json, {"key_file": file, "repository": repository.config.id, "write_only": True, "id": key_id},
+             [f"wrote write-only key {key_id} of {repo} to {file}: it backs up into the repository and reads "
+              "nothing back"])
+        return
     repository.write_key_file(file, replace=force)
     emit(as_json, {"key_file": file, "repository": repository.config.id},
          [f"wrote the master key of {repo} to {file}: whoever can read it can read and change every backup"])
