@@ -18,9 +18,13 @@ from cbtbackup.engine import TrackedVolume
 from cbtbackup.engine.providers import UserspaceProvider
 from cbtbackup.engine.providers.base import CbtState
 from cbtbackup.errors import UsageError
-from cbtbackup.pipeline.backup import BackupResult, backup_session
+from cbtbackup.pipeline.backup import BackupOptions, BackupResult, backup_session, run_backup
 from cbtbackup.pipeline.scan_compare import PreviousImage
 from cbtbackup.pipeline.tracking_check import UnchangedSample, check_unchanged, draw_blocks, unchanged_runs
+from cbtbackup.repo.config import RepositoryConfig
+from cbtbackup.repo.key_file import read_key_file
+from cbtbackup.repo.local_store import LocalStore
+from cbtbackup.repo.repository import Repository
 from tests.pipeline.test_no_silent_miss import Story, read_all
 
 MiB = 1 << 20
@@ -202,3 +206,39 @@ def test_bad_samples_are_one_clear_error(text: str) -> None:
     with pytest.raises(UsageError) as e:
         UnchangedSample.parse(text)
     assert "\n" not in str(e.value) and str(e.value)
+
+
+class WriteOnlyStory(Story):
+    """The same story told by a host holding only a write-only key; restores are made with the master key."""
+
+    def __init__(self, root: Path, source: Path) -> None:
+        (root / "repo").mkdir()
+        full = Repository.init(LocalStore(root / "repo"), str(root / "repo"),
+                               RepositoryConfig(encryption="aes-256-gcm"), "a passphrase")
+        full.write_only_key(str(root / "host.key"))
+        key = read_key_file(root / "host.key")
+        self.root, self.source, self.name, self.state_dir = root, source, "disk", None
+        self.repo = Repository.open(LocalStore(root / "repo"), str(root / "repo"), key)
+        self.taken = {}
+
+    def backup(self, kind: str = "incr") -> BackupResult:
+        at_take = read_all(self.source)
+        result = run_backup(self.repo, BackupOptions(str(self.source), kind, self.name,  # type: ignore[arg-type]
+                                                     unchanged_sample=WHOLE))
+        self.taken[result.manifest.ref.id] = at_take
+        return result
+
+    def check_restores(self) -> None:
+        self.repo = Repository.open(LocalStore(self.root / "repo"), str(self.root / "repo"), "a passphrase")
+        super().check_restores()
+
+
+def test_a_write_only_host_catches_the_same_lie(tmp_path: Path, image: Path) -> None:
+    """It cannot read the previous chunks, so it checks the blocks it sampled at the previous backup."""
+    story = WriteOnlyStory(tmp_path, image)
+    story.backup("full")
+    result = lying_incr(story, image, WHOLE)
+    assert result.manifest.method == "scan"
+    assert result.tracking_mismatch is not None and f"offset {5 * MiB}" in result.tracking_mismatch
+    assert result.manifest.cbt is None
+    story.check_restores()
