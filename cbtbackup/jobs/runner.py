@@ -188,6 +188,8 @@ class JobRun:
         try:
             self.repo = open_job_repository(job.repository)
             self.report.notes.extend(self.repo.notes)
+            if job.retention is not None or job.verify is not None:  # refused before any backup, not after
+                self.repo.require_full_key("a job with [retention] or [verify]")
         except CbtError as e:
             self.report.error = f"cannot open the repository {job.repository.location}: {e}"
         if self.report.error is None:

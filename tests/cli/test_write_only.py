@@ -84,3 +84,22 @@ def test_a_rewritten_manifest_is_not_built_on(cli: RunCli, host: tuple[Path, Pat
     after = cli("incr", "-r", repo, "--key-file", key, image, "--json")
     assert after.code == 0, after.err
     assert after.json["kind"] == "full" and "rewritten since this host wrote it" in " ".join(after.json["notes"])
+
+
+def test_a_job_with_a_write_only_key_backs_up_and_leaves_retention_to_the_full_key(
+    cli: RunCli, host: tuple[Path, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo, image, key = host
+    monkeypatch.delenv("CBTBACKUP_PASSWORD")
+    job = tmp_path / "job.toml"
+    job.write_text(f'[repository]\nlocation = "{repo}"\nkey_file = "{key}"\n[[sources]]\npath = "{image}"\n')
+    with TrackedVolume.open(image) as vol:
+        vol.write(MiB, os.urandom(4096))
+    ran = cli("run", job, "--json")
+    assert ran.code == 0, ran.err
+    assert [s["method"] for s in ran.json["sources"]] == ["cbt"]
+    before = files_of(repo)
+    job.write_text(job.read_text() + "[retention]\nkeep_last = 3\n")
+    refused = cli("run", job, "--json")
+    assert refused.code != 0 and "write-only" in refused.json["error"]
+    assert files_of(repo) == before  # refused before any backup

@@ -71,9 +71,11 @@ def write_only_story(cli: RunCli, repo: tuple[str, ...], make_image: MakeImage, 
     for command in (("restore", *wo, "latest", out), ("list", *wo), ("verify", *wo),
                     ("forget", *wo, str(full["id"])), ("prune", *wo), ("stats", *wo),
                     ("key", "list", *wo), ("key", "export", *wo, tmp_path / "stolen.key"),
-                    ("diff", *wo, str(full["id"]), str(scan["id"]))):
+                    ("diff", *wo, str(full["id"]), str(scan["id"])), ("unlock", *wo),
+                    ("export-diff", *wo, str(scan["id"]), tmp_path / "stream"), ("synthesize", *wo, str(scan["id"])),
+                    ("mount", *wo, tmp_path), ("serve", *wo, str(scan["id"])), ("web", *wo)):
         cli(*command).assert_one_line_error(13, "write-only")
-    assert not out.exists() and not (tmp_path / "stolen.key").exists()
+    assert not out.exists() and not (tmp_path / "stolen.key").exists() and not (tmp_path / "stream").exists()
     assert snapshot() == before  # nothing changed
 
     state = Path(f"{key}.state")

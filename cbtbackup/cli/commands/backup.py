@@ -37,7 +37,7 @@ def _backup(repo: str, endpoint_url: str | None, sources: tuple[str, ...], kind:
         raise UsageError("--since takes a backup of the chain (an id) or 'full'")
     if len(sources) == 1 and len(device) > 1:
         raise UsageError("one SOURCE, one --device")
-    repository = open_repo(repo, endpoint_url)
+    repository = open_repo(repo, endpoint_url, backs_up=True)
     if len(sources) == 1:
         results = [run_backup(repository, options, make_progress())]
     else:

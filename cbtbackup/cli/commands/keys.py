@@ -26,7 +26,6 @@ def key() -> None:
 def list_keys(repo: str, endpoint_url: str | None, as_json: bool) -> None:
     """The key slots: id, when and where each was made; * marks the one that opened the repository."""
     repository = open_repo(repo, endpoint_url)
-    repository.require_full_key("key list")
     slots = repository.keys.slots()
     emit(as_json, {"keys": [{"id": s.id, "created": s.created, "host": s.host, "kdf": s.kdf,
                              "current": s.id == repository.key_slot} for s in slots]},
@@ -52,7 +51,6 @@ def add(repo: str, endpoint_url: str | None, new_password_file: str | None, as_j
 def remove(repo: str, endpoint_url: str | None, slot: str, as_json: bool) -> None:
     """Remove key slot SLOT (not the last, and not the one this command was opened with)."""
     repository = open_repo(repo, endpoint_url)
-    repository.require_full_key("key remove")
     repository.keys.remove(slot, repository.key_slot or "")
     emit(as_json, {"removed": slot}, [f"removed key {slot}"])
 
@@ -64,7 +62,6 @@ def remove(repo: str, endpoint_url: str | None, slot: str, as_json: bool) -> Non
 def passwd(repo: str, endpoint_url: str | None, new_password_file: str | None, as_json: bool) -> None:
     """Change the passphrase: a new slot for the new one, then the slot of the old one goes."""
     repository = open_repo(repo, endpoint_url)
-    repository.require_full_key("key passwd")
     if repository.key_slot is None:
         raise UsageError("key passwd replaces the slot of the passphrase that opened the repository; it was "
                          "opened with a key file: give the old passphrase instead, or use key add and key remove")
