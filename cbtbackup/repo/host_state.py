@@ -3,7 +3,7 @@
 An incremental needs its parent: the CBT checkpoint, the source and the size it was taken at, and the
 resolved map (which stored chunk holds every byte of the image). With a write-only key the host cannot open
 a manifest, so it keeps, per chain, a record of its newest backup: that manifest, its resolved map, the
-version the store gave its manifest object, and the sample of blocks the next backup checks the tracking
+digest of the sealed manifest object it put, and the sample of blocks the next backup checks the tracking
 with (``pipeline/tracking_check.py``).
 
 Records live in one file per chain in a directory beside the key file (``<key file>.state/``), mode 0600,
@@ -11,10 +11,11 @@ sealed to the host: AES-256-GCM under a key derived from the key file's host sec
 id and the chain's name as associated data. The first line of each file, not secret, names the repository
 and the key, so a record of another repository is refused with one line instead of being trusted.
 
-A record is used only while the repository still holds that manifest as it was written (the same object
-version): ``forget`` and ``repack`` rewrite manifests, after which the record no longer describes the chain.
-A missing, stale or unreadable record makes the next backup one that reads the whole source and stores the
-chunks the repository lacks — never one that trusts what it cannot prove.
+A record is used only while the repository still holds that manifest byte for byte as it was put (one GET
+and a digest; every rewrite seals anew with a random salt): ``forget`` and ``repack`` rewrite manifests,
+after which the record no longer describes the chain. A missing, stale or unreadable record makes the next
+backup one that reads the whole source and stores the chunks the repository lacks — never
+one that trusts what it cannot prove.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class HostRecord:
     """The newest backup of a chain as this host wrote it."""
 
     ref_key: str
-    version: str  # the manifest object's version when it was written
+    version: str  # "blake3:<hex>" of the sealed manifest object as this host put it
     manifest: bytes  # Manifest.to_bytes()
     resolved: bytes  # ExtentMap.to_bytes() of its resolved map
     sample: tuple[SampledBlock, ...] = ()

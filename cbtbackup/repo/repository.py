@@ -30,6 +30,8 @@ import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 
+import blake3
+
 from cbtbackup.errors import BucketMissingError, CorruptDataError, NotFoundError, UsageError
 from cbtbackup.model.extent_map import ExtentMap, resolve_chain
 from cbtbackup.repo.chunk_codec import ChunkCodec, CorruptChunkError, MissingChunkError
@@ -340,8 +342,7 @@ class Repository:
         if self.host_state is not None:
             if resolved is None or not newest:
                 raise WriteOnlyError("only a backup's newest manifest, with its resolved map, is written write-only")
-            info = self.store.stat(manifest.ref.key)
-            self.host_state.save(manifest.ref.name, HostRecord(manifest.ref.key, info.version if info else "", plain,
+            self.host_state.save(manifest.ref.name, HostRecord(manifest.ref.key, _sealed_digest(raw), plain,
                                                                resolved.to_bytes(), sample))
             self._own[manifest.ref.key] = (manifest, resolved, sample)
 
@@ -499,20 +500,21 @@ class Repository:
 
     def _own_latest(self, name: str, state: HostState) -> BackupRef | None:
         """The newest backup of ``name`` from this host's own record, if the repository still holds its manifest
-        exactly as it was written."""
+        byte for byte as this host sealed it (forget and repack re-seal what they rewrite, with a new salt)."""
         record, why = state.load(name)
         if record is None:
             self._no_latest[name] = why
             return None
         ref = BackupRef.from_key(record.ref_key)
-        info = self.store.stat(record.ref_key)
         if ref is None or ref.name != name:
             self._no_latest[name] = f"this host's record of chain {name!r} names another chain's backup"
             return None
-        if info is None:
+        try:
+            stored = self.store.get(record.ref_key)
+        except NotFoundError:
             self._no_latest[name] = f"backup {ref.id}, the newest this host recorded, is no longer in the repository"
             return None
-        if not info.version or info.version != record.version:
+        if _sealed_digest(stored) != record.version:
             self._no_latest[name] = (f"backup {ref.id} was rewritten since this host wrote it (forget or prune), "
                                      "so this host's record of it no longer holds")
             return None
@@ -649,3 +651,7 @@ class Repository:
                 f"backup {ref.id}: the map resolved from its chain does not match the digest it was saved with"
             )
         return top, resolved
+
+
+def _sealed_digest(sealed: bytes) -> str:
+    return "blake3:" + blake3.blake3(sealed).hexdigest()
