@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -143,7 +142,6 @@ class WriteOnlySealer:
         except ValueError:  # a low-order point: not a repository's key
             raise CorruptDataError(f"the write-only key file {key.path} holds no valid public key") from None
         self._seal_key = session_key(shared, self._writer, key.public)
-        self._lock = threading.Lock()
 
     def seal(self, key: str, data: bytes) -> bytes:
         salt = os.urandom(SALT_SIZE)
