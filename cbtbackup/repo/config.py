@@ -13,7 +13,11 @@ from cbtbackup.repo.retention import RetentionPolicy
 from cbtbackup.repo.sealing import check_mode
 
 FORMAT_NAME = "cbtbackup-repository"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest this cbtbackup reads and writes
+# Version 2 adds private object names (object_names.py); a repository without them stays version 1, so
+# that versions of cbtbackup before it keep opening it.
+PRIVATE_NAMES_VERSION = 2
+NAMES = ("", "private")
 MIN_CHUNK, MAX_CHUNK = 64 << 10, 16 << 20
 
 
@@ -27,13 +31,16 @@ class RepositoryConfig:
     compression: str = "zstd:3"
     id: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex)
     created: float = dataclasses.field(default_factory=time.time)
-    version: int = FORMAT_VERSION
+    version: int = 1
     encryption: str = "none"  # "none", "aes-256-gcm" or "chacha20-poly1305"
     mac: str = ""  # keyed BLAKE3 of the other fields, in an encrypted repository (checked once unlocked)
     # Immutable backups (S3 Object Lock): every object is written under retention for lock_seconds; empty
     # and 0 otherwise, and then absent from the JSON, so configs written before them read and MAC the same.
     lock_mode: str = ""
     lock_seconds: float = 0.0
+    # "private": chain names and backup times are not in object names (object_names.py); encrypted
+    # repositories only. Empty, and then absent from the JSON, in the layout of version 1.
+    names: str = ""
 
     def __post_init__(self) -> None:
         cs = self.chunk_size
@@ -43,6 +50,16 @@ class RepositoryConfig:
         check_mode(self.encryption)
         if self.lock_mode:
             self.retention()
+        if self.names not in NAMES:
+            raise CorruptDataError(f"object names {self.names!r} are not a layout this cbtbackup knows")
+        if self.names and self.encryption == "none":
+            raise UsageError("private object names need an encrypted repository: their key is derived from its key")
+        if self.names and self.version < PRIVATE_NAMES_VERSION:
+            raise CorruptDataError("the config says private object names but an older format version")
+
+    @property
+    def private_names(self) -> bool:
+        return self.names == "private"
 
     def retention(self) -> RetentionPolicy | None:
         """The retention every write carries, or None in a repository without Object Lock."""
@@ -52,6 +69,8 @@ class RepositoryConfig:
         fields = dataclasses.asdict(self)
         if not self.lock_mode:
             del fields["lock_mode"], fields["lock_seconds"]
+        if not self.names:
+            del fields["names"]
         return fields
 
     def body_for_mac(self) -> bytes:

@@ -1,7 +1,9 @@
 """Key slots: the repository's random master key, stored only wrapped, once per passphrase.
 
-``keys/<id>`` is JSON: the slot's id, when and where it was made, the Argon2id parameters and salt, and the
-master key encrypted (AES-256-GCM) under the key Argon2id derives from a passphrase. The associated data
+``keys/<id>`` is JSON: the slot's id, the Argon2id parameters and salt, the master key encrypted
+(AES-256-GCM) under the key Argon2id derives from a passphrase, and when and on which host the slot was
+made, encrypted under a key derived from the master key (slots of earlier versions hold those two in
+plaintext: a bucket reader learned a host name from them). The associated data
 binds the wrapped key to this repository's id, the slot's id and its parameters, so a slot copied from
 another repository, or one whose parameters were edited, does not open. A BLAKE3 checksum over the slot
 tells an edited or damaged slot from a wrong passphrase. Losing every passphrase loses the repository.
@@ -23,6 +25,7 @@ KEYS_PREFIX = "keys/"
 FORMAT = "cbtbackup-key"
 ARGON2 = {"iterations": 3, "memory_kib": 64 * 1024, "lanes": 4}  # about 0.1 s and 64 MiB here
 MASTER_SIZE = 32
+ABOUT_CONTEXT = "cbtbackup 2026-12 key slot about"
 
 
 class UnlockError(CbtError):
@@ -55,10 +58,18 @@ def _associated(repo_id: str, slot_id: str, kdf: dict[str, Any]) -> bytes:
     return b"cbtbackup key slot\0" + repo_id.encode() + b"\0" + slot_id.encode() + b"\0" + _canonical(kdf)
 
 
+def _about_associated(repo_id: str, slot_id: str) -> bytes:
+    return b"cbtbackup key slot about\0" + repo_id.encode() + b"\0" + slot_id.encode()
+
+
 class KeySlots:
-    def __init__(self, store: Any, repo_id: str) -> None:
+    def __init__(self, store: Any, repo_id: str, master: bytes | None = None) -> None:
         self.store = store
         self.repo_id = repo_id
+        self._master = master  # opens what the slots say about themselves (None: shown as unknown)
+
+    def _about_key(self, master: bytes) -> bytes:
+        return blake3.blake3(master, derive_key_context=ABOUT_CONTEXT).digest()
 
     def add(self, passphrase: str, master: bytes) -> str:
         """Wrap ``master`` under ``passphrase`` in a new slot; its id."""
@@ -70,8 +81,12 @@ class KeySlots:
         kdf = {"name": "argon2id", **ARGON2, "salt": os.urandom(16).hex()}
         nonce = os.urandom(12)
         wrapped = AESGCM(_kek(passphrase, kdf)).encrypt(nonce, master, _associated(self.repo_id, slot_id, kdf))
-        fields = {"format": FORMAT, "version": 1, "id": slot_id, "created": time.time(), "host": os.uname().nodename,
-                  "kdf": kdf, "wrapped": (nonce + wrapped).hex()}
+        about_nonce = os.urandom(12)
+        about = AESGCM(self._about_key(master)).encrypt(
+            about_nonce, json.dumps({"created": time.time(), "host": os.uname().nodename}).encode(),
+            _about_associated(self.repo_id, slot_id))
+        fields = {"format": FORMAT, "version": 1, "id": slot_id, "kdf": kdf, "wrapped": (nonce + wrapped).hex(),
+                  "about": (about_nonce + about).hex()}
         body = {**fields, "checksum": blake3.blake3(_canonical(fields)).hexdigest()}
         if not self.store.put_if_absent(KEYS_PREFIX + slot_id, json.dumps(body, indent=2).encode()):
             raise CbtError(f"key slot {slot_id} exists already")
@@ -120,10 +135,29 @@ class KeySlots:
         for obj in self.store.list(KEYS_PREFIX):
             try:
                 f = self._read(obj.key)
-                out.append(SlotInfo(str(f["id"]), float(f["created"]), str(f["host"]), str(f["kdf"]["name"])))
+                about = self._about(f)
+                out.append(SlotInfo(str(f["id"]), float(about.get("created", 0.0)), str(about.get("host", "?")),
+                                    str(f["kdf"]["name"])))
             except (CorruptDataError, KeyError, TypeError, ValueError):
                 out.append(SlotInfo(obj.key[len(KEYS_PREFIX):], 0.0, "?", "damaged"))
         return out
+
+    def _about(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """When and where a slot was made: sealed in slots of this version, plaintext in earlier ones."""
+        if "about" not in fields:
+            return {"created": fields.get("created", 0.0), "host": fields.get("host", "?")}
+        if self._master is None:
+            return {}
+        from cryptography.exceptions import InvalidTag
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        try:
+            raw = bytes.fromhex(str(fields["about"]))
+            about: dict[str, Any] = json.loads(AESGCM(self._about_key(self._master)).decrypt(
+                raw[:12], raw[12:], _about_associated(self.repo_id, str(fields["id"]))))
+        except (InvalidTag, ValueError):
+            return {}
+        return about
 
     def damaged(self) -> list[str]:
         """Slots whose checksum fails (for verify)."""

@@ -78,7 +78,7 @@ class BackupRef:
             return None
         name, _, leaf = key[len(BACKUPS_PREFIX):].partition("/")
         stamp, _, ident = leaf.partition("_")
-        if not (name and stamp and ident) or "/" in leaf:
+        if not (name and stamp and ident) or "/" in leaf or not NAME_RE.match(name):
             return None
         return cls(name, stamp, ident)
 

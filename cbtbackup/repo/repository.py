@@ -44,6 +44,7 @@ from cbtbackup.repo.keys import KeySlots, UnlockError
 from cbtbackup.repo.locks import Locker
 from cbtbackup.repo.manifest import BACKUPS_PREFIX, BackupRef, Manifest
 from cbtbackup.repo.manifest_cache import ManifestCache, default_cache_root
+from cbtbackup.repo.object_names import PrivateNames, PrivateNamesStore
 from cbtbackup.repo.quarantine import Quarantine
 from cbtbackup.repo.sealing import AeadSealer, PlainSealer
 from cbtbackup.repo.store import Store
@@ -72,10 +73,17 @@ class Repository:
         sealer: Sealer | None = None, key_slot: str | None = None, master: bytes | None = None,
         host_state: HostState | None = None,
     ) -> None:
-        self.store = store
         self.config = config
         self.location = location
         self.sealer: Sealer = sealer or PlainSealer()
+        # Private names: callers keep using logical keys; the store beneath holds keys that carry no chain
+        # name and no time (object_names.py), and sealed objects are bound to those.
+        self.private_names: PrivateNamesStore | None = None
+        if config.private_names:
+            names_key = self.sealer.names_key if not isinstance(self.sealer, PlainSealer) else b""
+            self.private_names = PrivateNamesStore(store, PrivateNames(names_key), self.sealer.open)
+            store = self.private_names
+        self.store = store
         # False when opened with a write-only key: it backs up, its own chains' history comes from
         # ``host_state``, and every read of the repository's objects raises WriteOnlyError.
         self.can_read = self.sealer.can_read
@@ -84,7 +92,7 @@ class Repository:
         self._no_latest: dict[str, str] = {}  # chain -> why this host has no usable record of it
         self.chunk_id = self.sealer.chunk_id
         self.codec = ChunkCodec(config.compression, self.sealer.chunk_id)
-        self.keys = KeySlots(store, config.id)
+        self.keys = KeySlots(store, config.id, master)
         self.key_slot = key_slot  # the slot this process unlocked with
         self._master = master  # in memory only, for adding key slots
         self._manifests: dict[str, tuple[str, Manifest]] = {}  # key -> (version, manifest)
@@ -227,6 +235,10 @@ class Repository:
         state.check_repository(location)
         return cls(store, config, location, sealer=WriteOnlySealer(key), host_state=state)
 
+    def _aad(self, key: str) -> str:
+        """The key a sealed object is bound to: where the store holds it."""
+        return self.private_names.names.physical(key) if self.private_names is not None else key
+
     def require_full_key(self, what: str) -> None:
         """Refuse ``what`` (one line, exit 13) before it starts when the repository was opened write-only."""
         if not self.can_read:
@@ -282,7 +294,7 @@ class Repository:
 
     def put_chunk_object(self, digest: bytes, obj: bytes) -> None:
         key = self.chunk_key(digest)
-        self.store.put(key, self.sealer.seal(key, obj))
+        self.store.put(key, self.sealer.seal(self._aad(key), obj))
 
     def quarantined_chunks(self) -> set[bytes]:
         """Digests of chunks found corrupt or missing: a backup must not trust that they exist."""
@@ -315,7 +327,7 @@ class Repository:
         except NotFoundError:
             raise MissingChunkError(digest, self.location) from None
         try:
-            plain = self.sealer.open(key, raw)
+            plain = self.sealer.open(self._aad(key), raw)
         except CorruptDataError:
             raise CorruptChunkError(digest, "it fails authentication (changed, cut, or another chunk's object)") \
                 from None
@@ -330,7 +342,7 @@ class Repository:
         records the backup (its ``resolved`` map and the tracking ``sample`` for the next check) to build
         the next incremental on."""
         plain = manifest.to_bytes()
-        raw = self.sealer.seal(manifest.ref.key, plain)
+        raw = self.sealer.seal(self._aad(manifest.ref.key), plain)
         self.store.sync()
         self.store.put(manifest.ref.key, raw)
         self.store.sync()
@@ -349,7 +361,7 @@ class Repository:
     def rewrite_manifest(self, manifest: Manifest) -> None:
         """Replace a manifest in place, atomically (``forget`` folding a removed parent into it)."""
         self.require_full_key("rewriting a backup")
-        raw = self.sealer.seal(manifest.ref.key, manifest.to_bytes())
+        raw = self.sealer.seal(self._aad(manifest.ref.key), manifest.to_bytes())
         self.store.put(manifest.ref.key, raw)
         self.store.sync()
         self._remember(manifest, raw)
@@ -384,7 +396,7 @@ class Repository:
         except NotFoundError:
             return None
         try:
-            ref = BackupRef.from_key(str(json.loads(self.sealer.open(key, raw))["key"]))
+            ref = BackupRef.from_key(str(json.loads(self.sealer.open(self._aad(key), raw))["key"]))
         except (CorruptDataError, ValueError, KeyError, TypeError):
             raise CorruptDataError(f"{key} cannot be read") from None
         if ref is None or ref.name != name:
@@ -403,7 +415,7 @@ class Repository:
             # took the host would roll the chain back): locked repositories have none and list the chain.
             return
         key = HEADS_PREFIX + ref.name
-        self.store.put(key, self.sealer.seal(key, json.dumps({"key": ref.key}).encode()))
+        self.store.put(key, self.sealer.seal(self._aad(key), json.dumps({"key": ref.key}).encode()))
 
     def _remember(self, manifest: Manifest, raw: bytes) -> None:
         # The version is unknown until the next listing (learning it would cost a request): a copy of
@@ -427,7 +439,7 @@ class Repository:
         manifest: Manifest | None = None
         if raw is not None and cache is not None:
             try:
-                manifest = Manifest.from_bytes(self.sealer.open(ref.key, raw), ref.key)
+                manifest = Manifest.from_bytes(self.sealer.open(self._aad(ref.key), raw), ref.key)
             except CorruptDataError:
                 cache.forget(ref.key)
         version = listed or ""
@@ -436,7 +448,7 @@ class Repository:
                 raw = self.store.get(ref.key)
             except NotFoundError:
                 raise CorruptDataError(f"backup {ref.id} ({ref.name}) is missing from {self.location}") from None
-            manifest = Manifest.from_bytes(self.sealer.open(ref.key, raw), ref.key)
+            manifest = Manifest.from_bytes(self.sealer.open(self._aad(ref.key), raw), ref.key)
             if cache is not None:
                 cache.put(ref.key, raw, version)
         with self._lock:
@@ -535,7 +547,7 @@ class Repository:
         try:
             if self.locked:
                 raise NotFoundError("locked repositories keep no heads")  # one planted by an attacker is not ours
-            head = json.loads(self.sealer.open(HEADS_PREFIX + name, self.store.get(HEADS_PREFIX + name)))
+            head = json.loads(self.sealer.open(self._aad(HEADS_PREFIX + name), self.store.get(HEADS_PREFIX + name)))
             ref = BackupRef.from_key(str(head["key"]))
         except (NotFoundError, CorruptDataError, ValueError, KeyError, TypeError):
             ref = None

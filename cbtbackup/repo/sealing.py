@@ -63,6 +63,7 @@ CHUNK_ID_CONTEXT = "cbtbackup 2026-11 chunk ids"
 CONFIG_MAC_CONTEXT = "cbtbackup 2026-11 config mac"
 LOCK_CONTEXT = "cbtbackup 2026-12 lock sealing"
 PRIVATE_KEY_CONTEXT = "cbtbackup 2026-12 repository x25519 key"
+NAMES_CONTEXT = "cbtbackup 2026-12 object names"
 HKDF_INFO = b"cbtbackup 2026-12 sealed to the repository"
 
 
@@ -164,6 +165,7 @@ class AeadSealer(KeySealer):
         self._id_key = derive(master, CHUNK_ID_CONTEXT)
         self._mac_key = derive(master, CONFIG_MAC_CONTEXT)
         self.lock_key = derive(master, LOCK_CONTEXT)
+        self.names_key = derive(master, NAMES_CONTEXT)  # private object names (object_names.py)
         self._private_bytes = derive(master, PRIVATE_KEY_CONTEXT)
         self._private: Any = None
         self._sessions: dict[bytes, bytes] = {}  # writer's public key -> its sealing key

@@ -11,6 +11,7 @@ write-only key file holds what writing needs and nothing that reading needs:
   is its keyed BLAKE3; whoever holds this key can test whether a guessed block is stored, which is what
   deduplication across hosts costs);
 - the **lock key**, so that it can take its chain's lock and see the locks it must wait for;
+- the **names key**, so that it names its chains' objects as private names ask (``object_names.py``);
 - a digest of the repository's config, which it cannot check against the config's MAC;
 - a **host secret**, random, that seals what the host keeps of its own backups (``host_state.py``).
 
@@ -69,6 +70,7 @@ class WriteOnlyKey:
     locks: bytes = dataclasses.field(repr=False)
     host_secret: bytes = dataclasses.field(repr=False)
     config_digest: str = ""
+    names: bytes = dataclasses.field(default=b"", repr=False)  # empty in files made before private names
 
     @property
     def state_dir(self) -> Path:
@@ -90,7 +92,7 @@ def write_only_fields(repository: str, sealer: AeadSealer, digest: str) -> dict[
     return {"format": FORMAT, "version": 1, "id": os.urandom(8).hex(), "repository": repository,
             "created": time.time(), "host": os.uname().nodename, "cipher": sealer.mode,
             "public": sealer.public_key().hex(), "chunk_ids": sealer.id_key.hex(), "locks": sealer.lock_key.hex(),
-            "host_secret": os.urandom(KEY_SIZE).hex(), "config": digest}
+            "names": sealer.names_key.hex(), "host_secret": os.urandom(KEY_SIZE).hex(), "config": digest}
 
 
 def parse_write_only_key(path: str, fields: dict[str, Any]) -> WriteOnlyKey:
@@ -99,7 +101,9 @@ def parse_write_only_key(path: str, fields: dict[str, Any]) -> WriteOnlyKey:
     if fields.get("version") != 1:
         raise CbtError(f"the write-only key file {path} has an unknown version; this cbtbackup cannot use it")
     raw: dict[str, bytes] = {}
-    for name in ("public", "chunk_ids", "locks", "host_secret"):
+    for name in ("public", "chunk_ids", "locks", "host_secret", "names"):
+        if name == "names" and name not in fields:
+            continue
         try:
             raw[name] = bytes.fromhex(str(fields[name]))
         except (KeyError, ValueError):
@@ -115,7 +119,8 @@ def parse_write_only_key(path: str, fields: dict[str, Any]) -> WriteOnlyKey:
     if cipher not in CIPHERS:
         raise CorruptDataError(f"the write-only key file {path} names an unknown cipher {cipher!r}")
     return WriteOnlyKey(path, str(fields["id"]), str(fields["repository"]), cipher, raw["public"], raw["chunk_ids"],
-                        raw["locks"], raw["host_secret"], str(fields.get("config", "")))
+                        raw["locks"], raw["host_secret"], str(fields.get("config", "")),
+                        raw.get("names", b""))
 
 
 class WriteOnlySealer:
@@ -151,6 +156,10 @@ class WriteOnlySealer:
     def open(self, key: str, sealed: bytes) -> bytes:
         raise WriteOnlyError(f"{key} cannot be read with the write-only key {self._key.path}: reading backups "
                              "(restore, mount, list, verify, forget, prune) needs a passphrase or a full key file")
+
+    @property
+    def names_key(self) -> bytes:
+        return self._key.names
 
     def chunk_id(self, data: bytes | memoryview) -> bytes:
         return blake3.blake3(data, key=self._key.chunk_ids).digest()

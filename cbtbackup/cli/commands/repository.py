@@ -16,7 +16,7 @@ from cbtbackup.model.durations import format_duration, parse_wait
 from cbtbackup.model.sizes import format_size, parse_size
 from cbtbackup.pipeline.integrity import DamagedBackupError, Sample, run_verify
 from cbtbackup.pipeline.stats import bytes_alone
-from cbtbackup.repo.config import RepositoryConfig
+from cbtbackup.repo.config import PRIVATE_NAMES_VERSION, RepositoryConfig
 from cbtbackup.repo.manifest import BackupRef
 from cbtbackup.repo.repository import Repository
 from cbtbackup.repo.retention import MODES as LOCK_MODES
@@ -35,18 +35,24 @@ from cbtbackup.repo.sealing import MODES
 @click.option("--lock-period", default="30d", show_default=True, metavar="DURATION",
               help="With --object-lock: how long each object stays locked (90s, 12h, 30d); prune extends the "
                    "locks of what backups still need.")
+@click.option("--plain-names", is_flag=True,
+              help="Encrypted: keep chain names and backup times readable in object names (format version 1, which "
+                   "older versions of cbtbackup read) instead of private ones.")
 @json_option
 def init(repo: str, endpoint_url: str | None, chunk_size: str, compression: str, encryption: str,
-         object_lock: str | None, lock_period: str, as_json: bool) -> None:
+         object_lock: str | None, lock_period: str, plain_names: bool, as_json: bool) -> None:
     """Create a new, empty repository (encrypted unless --encryption none)."""
+    private = encryption != "none" and not plain_names
     config = RepositoryConfig(chunk_size=parse_size(chunk_size), compression=compression, encryption=encryption,
                               lock_mode=object_lock.upper() if object_lock else "",
-                              lock_seconds=parse_wait(lock_period) if object_lock else 0.0)
+                              lock_seconds=parse_wait(lock_period) if object_lock else 0.0,
+                              names="private" if private else "", version=PRIVATE_NAMES_VERSION if private else 1)
     passphrase = read_passphrase(repo, confirm=True) if encryption != "none" else None
     created = Repository.init(open_new_store(repo, endpoint_url), repo, config, passphrase)
     emit(as_json, {"repository": repo, "id": created.config.id, "chunk_size": config.chunk_size,
                    "compression": config.compression, "encryption": encryption, "version": config.version,
-                   "key": created.key_slot, "conditional_writes": created.conditional_create,
+                   "key": created.key_slot, "private_names": config.private_names,
+                   "conditional_writes": created.conditional_create,
                    "object_lock": {"mode": config.lock_mode, "seconds": config.lock_seconds} if object_lock else None},
          [f"created repository {repo} (chunk size {format_size(config.chunk_size)}, {config.compression}, "
           f"encryption {encryption}{_lock_text(config)})"])
