@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from cbtbackup.cli import main
+from cbtbackup.repo.repository import Repository
 from tests.servers.s3_servers import ceph_cluster, moto_server, rgw_server, s3_server
 
 # The S3 servers' session fixtures, for tests/s3 and the store conformance suite alike.
@@ -87,3 +89,35 @@ def cli(capsys: pytest.CaptureFixture[str]) -> RunCli:
         return CliResult(code, out, err)
 
     return run
+
+
+
+@contextlib.contextmanager
+def opened_repository(repo: tuple[str, ...] | Path) -> Iterator[Repository]:
+    """A repository opened as the command line would: ``repo`` is a local repository's folder or the command
+    line's ``-r REPO [--endpoint-url URL]``; the passphrase comes from the environment."""
+    from cbtbackup.cli.passphrase import passphrase_for
+    from cbtbackup.cli.repository_access import store_options
+    from cbtbackup.repo.location import open_repository
+
+    args = ("-r", str(repo)) if isinstance(repo, Path) else repo
+    location = args[args.index("-r") + 1]
+    endpoint = args[args.index("--endpoint-url") + 1] if "--endpoint-url" in args else None
+    opened = open_repository(location, store_options(endpoint), passphrase_for(location))
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+def stored_key(repo: tuple[str, ...] | Path, key: str) -> str:
+    """Where the store holds the object of a logical ``key`` (``backups/<chain>/<stamp>_<id>``,
+    ``heads/<chain>``): private names hide chains and times from the store's keys."""
+    with opened_repository(repo) as opened:
+        return opened.stored_key(key)
+
+
+def stored_manifests(repo: tuple[str, ...] | Path, chain: str | None = None) -> dict[str, str]:
+    """Backup id -> the key its manifest is stored under, oldest first within each chain."""
+    with opened_repository(repo) as opened:
+        return {ref.id: opened.stored_key(ref.key) for ref in opened.list_backups(chain)}

@@ -53,7 +53,8 @@ class RepositoryConfig:
         if self.names not in NAMES:
             raise CorruptDataError(f"object names {self.names!r} are not a layout this cbtbackup knows")
         if self.names and self.encryption == "none":
-            raise UsageError("private object names need an encrypted repository: their key is derived from its key")
+            raise CorruptDataError("the config was changed: it says private object names, which only an encrypted "
+                                   "repository has (their key is derived from its key)")
         if self.names and self.version < PRIVATE_NAMES_VERSION:
             raise CorruptDataError("the config says private object names but an older format version")
 

@@ -235,7 +235,7 @@ class Repository:
         state.check_repository(location)
         return cls(store, config, location, sealer=WriteOnlySealer(key), host_state=state)
 
-    def _aad(self, key: str) -> str:
+    def stored_key(self, key: str) -> str:
         """The key a sealed object is bound to: where the store holds it."""
         return self.private_names.names.physical(key) if self.private_names is not None else key
 
@@ -294,7 +294,7 @@ class Repository:
 
     def put_chunk_object(self, digest: bytes, obj: bytes) -> None:
         key = self.chunk_key(digest)
-        self.store.put(key, self.sealer.seal(self._aad(key), obj))
+        self.store.put(key, self.sealer.seal(self.stored_key(key), obj))
 
     def quarantined_chunks(self) -> set[bytes]:
         """Digests of chunks found corrupt or missing: a backup must not trust that they exist."""
@@ -327,7 +327,7 @@ class Repository:
         except NotFoundError:
             raise MissingChunkError(digest, self.location) from None
         try:
-            plain = self.sealer.open(self._aad(key), raw)
+            plain = self.sealer.open(self.stored_key(key), raw)
         except CorruptDataError:
             raise CorruptChunkError(digest, "it fails authentication (changed, cut, or another chunk's object)") \
                 from None
@@ -342,7 +342,7 @@ class Repository:
         records the backup (its ``resolved`` map and the tracking ``sample`` for the next check) to build
         the next incremental on."""
         plain = manifest.to_bytes()
-        raw = self.sealer.seal(self._aad(manifest.ref.key), plain)
+        raw = self.sealer.seal(self.stored_key(manifest.ref.key), plain)
         self.store.sync()
         self.store.put(manifest.ref.key, raw)
         self.store.sync()
@@ -361,7 +361,7 @@ class Repository:
     def rewrite_manifest(self, manifest: Manifest) -> None:
         """Replace a manifest in place, atomically (``forget`` folding a removed parent into it)."""
         self.require_full_key("rewriting a backup")
-        raw = self.sealer.seal(self._aad(manifest.ref.key), manifest.to_bytes())
+        raw = self.sealer.seal(self.stored_key(manifest.ref.key), manifest.to_bytes())
         self.store.put(manifest.ref.key, raw)
         self.store.sync()
         self._remember(manifest, raw)
@@ -396,7 +396,7 @@ class Repository:
         except NotFoundError:
             return None
         try:
-            ref = BackupRef.from_key(str(json.loads(self.sealer.open(self._aad(key), raw))["key"]))
+            ref = BackupRef.from_key(str(json.loads(self.sealer.open(self.stored_key(key), raw))["key"]))
         except (CorruptDataError, ValueError, KeyError, TypeError):
             raise CorruptDataError(f"{key} cannot be read") from None
         if ref is None or ref.name != name:
@@ -415,7 +415,7 @@ class Repository:
             # took the host would roll the chain back): locked repositories have none and list the chain.
             return
         key = HEADS_PREFIX + ref.name
-        self.store.put(key, self.sealer.seal(self._aad(key), json.dumps({"key": ref.key}).encode()))
+        self.store.put(key, self.sealer.seal(self.stored_key(key), json.dumps({"key": ref.key}).encode()))
 
     def _remember(self, manifest: Manifest, raw: bytes) -> None:
         # The version is unknown until the next listing (learning it would cost a request): a copy of
@@ -439,7 +439,7 @@ class Repository:
         manifest: Manifest | None = None
         if raw is not None and cache is not None:
             try:
-                manifest = Manifest.from_bytes(self.sealer.open(self._aad(ref.key), raw), ref.key)
+                manifest = Manifest.from_bytes(self.sealer.open(self.stored_key(ref.key), raw), ref.key)
             except CorruptDataError:
                 cache.forget(ref.key)
         version = listed or ""
@@ -448,7 +448,7 @@ class Repository:
                 raw = self.store.get(ref.key)
             except NotFoundError:
                 raise CorruptDataError(f"backup {ref.id} ({ref.name}) is missing from {self.location}") from None
-            manifest = Manifest.from_bytes(self.sealer.open(self._aad(ref.key), raw), ref.key)
+            manifest = Manifest.from_bytes(self.sealer.open(self.stored_key(ref.key), raw), ref.key)
             if cache is not None:
                 cache.put(ref.key, raw, version)
         with self._lock:
@@ -547,7 +547,8 @@ class Repository:
         try:
             if self.locked:
                 raise NotFoundError("locked repositories keep no heads")  # one planted by an attacker is not ours
-            head = json.loads(self.sealer.open(self._aad(HEADS_PREFIX + name), self.store.get(HEADS_PREFIX + name)))
+            key = HEADS_PREFIX + name
+            head = json.loads(self.sealer.open(self.stored_key(key), self.store.get(key)))
             ref = BackupRef.from_key(str(head["key"]))
         except (NotFoundError, CorruptDataError, ValueError, KeyError, TypeError):
             ref = None

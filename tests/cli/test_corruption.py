@@ -8,7 +8,7 @@ import blake3
 import pytest
 
 from cbtbackup.engine import TrackedVolume
-from tests.conftest import MakeImage, RunCli
+from tests.conftest import MakeImage, RunCli, stored_manifests
 
 MiB = 1 << 20
 
@@ -147,7 +147,7 @@ def test_an_unreadable_manifest_is_reported_and_passed_over(
     cli("init", "-r", repo)
     a = cli("full", "-r", repo, make_image(MiB), "--name", "a", "--json").json
     b = cli("full", "-r", repo, make_image(MiB), "--name", "b", "--json").json
-    manifest = next((repo / "backups" / "a").iterdir())
+    manifest = repo / next(iter(stored_manifests(repo, "a").values()))
     flip(manifest)
     listed = cli("list", "-r", repo, "--json")
     assert listed.code == 0 and [r["id"] for r in listed.json["backups"]] == [b["id"]]
@@ -174,7 +174,7 @@ def test_an_older_manifest_copied_over_a_newer_one_is_detected(
     with TrackedVolume.open(image) as vol:
         vol.write(0, b"newer")
     new = cli("incr", "-r", repo, image, "--json").json
-    chain = sorted((repo / "backups" / new["name"]).iterdir())
+    chain = [repo / key for key in stored_manifests(repo, new["name"]).values()]
     chain[1].write_bytes(chain[0].read_bytes())  # the old manifest under the new one's key
     restored = cli("restore", "-r", repo, new["id"], tmp_path / "out.img")
     restored.assert_one_line_error(5, why)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from cbtbackup.engine import TrackedVolume
-from tests.conftest import PASSPHRASE, RunCli
+from tests.conftest import PASSPHRASE, RunCli, stored_manifests
 
 MiB = 1 << 20
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,13 +43,13 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, by
             with TrackedVolume.open(image) as vol:
                 vol.write(i * 3 * MiB, os.urandom(2 * MiB))
         assert run("full" if i == 0 else "incr", "-r", repo, image) == 0
-        newest = sorted((repo / "backups").rglob("*_*"))[-1].name.split("_")[1]
+        newest = list(stored_manifests(repo))[-1]
         points[newest] = image.read_bytes()
         order.append(newest)
     other = root / "other.img"
     other.write_bytes(os.urandom(2 * MiB))
     assert run("full", "-r", repo, other, "--provider", "scan", "--name", "other") == 0
-    points[sorted((repo / "backups" / "other").iterdir())[0].name.split("_")[1]] = other.read_bytes()
+    points[next(iter(stored_manifests(repo, "other")))] = other.read_bytes()
     for _ in range(600):
         digest = os.urandom(32).hex()
         path = repo / "chunks" / digest[:2] / digest

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import MakeImage, RunCli
+from tests.conftest import MakeImage, RunCli, stored_key
 
 MiB = 1 << 20
 
@@ -73,7 +73,7 @@ def test_a_damaged_head_is_reported_and_rebuilt_and_a_stale_one_is_no_damage(
 ) -> None:
     image = make_image(MiB)
     first = cli("full", "-r", repo, image, "--json").json
-    head = repo / "heads" / first["name"]
+    head = repo / stored_key(repo, f"heads/{first['name']}")
     naming_first = head.read_bytes()
     image.write_bytes(os.urandom(MiB))
     cli("full", "-r", repo, image, "--json")
