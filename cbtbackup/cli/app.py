@@ -54,6 +54,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "synthesize": ("cbtbackup.cli.commands.lifecycle", "synthesize", "Write a synthetic full of a backup."),
     "stats": ("cbtbackup.cli.commands.lifecycle", "stats", "Sizes and deduplication per chain and in total."),
     "unlock": ("cbtbackup.cli.commands.lifecycle", "unlock", "Remove stale repository locks."),
+    "upgrade": ("cbtbackup.cli.commands.lifecycle", "upgrade", "Give an encrypted repository private object names."),
     "cache": ("cbtbackup.cli.commands.cache", "cache", "The local manifest cache: show it, or --cleanup."),
     "attach": ("cbtbackup.cli.commands.attach", "attach", "Serve a tracked image as a file and loop device."),
     "detach": ("cbtbackup.cli.commands.attach", "detach_command", "Stop serving an attached image."),

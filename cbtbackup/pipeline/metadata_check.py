@@ -14,6 +14,9 @@ the lock objects — and what ``verify --repair`` rebuilds of them.
   ``--repair`` removes it once it has not changed for the locks' time to live, when no live holder can
   be refreshing it.
 
+- **old names**: in a repository with private names, manifests and heads still under version-1 keys are
+  what an upgrade killed after its commit left: stale (readers pass over them), removed by ``--repair``.
+
 Key slots are checked by ``repo.keys.damaged()`` (integrity.py reports them).
 """
 
@@ -23,6 +26,7 @@ import time
 
 from cbtbackup.errors import CorruptDataError, NotFoundError
 from cbtbackup.repo.locks import DEFAULT_TTL, LOCKS_PREFIX
+from cbtbackup.repo.object_names import in_private_layout
 from cbtbackup.repo.repository import CONFIG_COPY_KEY, CONFIG_KEY, HEADS_PREFIX, Repository
 
 
@@ -36,7 +40,25 @@ def check_metadata(repo: Repository, repair: bool, chain: str | None = None
     _check_config(repo, repair, damaged, stale, repaired)
     _check_heads(repo, repair, damaged, stale, repaired, chain)
     _check_locks(repo, repair, damaged, repaired)
+    if chain is None:
+        _check_old_names(repo, repair, stale, repaired)
     return damaged, stale, repaired
+
+
+def _check_old_names(repo: Repository, repair: bool, stale: dict[str, str], repaired: list[str]) -> None:
+    from cbtbackup.pipeline.upgrade import OLD_LAYOUT_PREFIXES, remove_old_keys
+
+    if repo.private_names is None:
+        return
+    old = sum(1 for prefix in OLD_LAYOUT_PREFIXES for obj in repo.raw_store.list(prefix)
+              if not in_private_layout(obj.key))
+    if not old:
+        return
+    stale["old names"] = (f"{old} manifest(s) or head(s) under the names of format version 1, left by an upgrade "
+                          "that was killed (readers pass over them)")
+    if repair:
+        remove_old_keys(repo.raw_store)
+        repaired.append("old names")
 
 
 def _check_config(repo: Repository, repair: bool, damaged: dict[str, str], stale: dict[str, str],

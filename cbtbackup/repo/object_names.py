@@ -12,6 +12,9 @@ holds them under *physical* keys that carry neither:
   random), so leaves are unique random strings to anyone without the key: no time, no order;
 - ``quarantine/`` keeps the physical key of what it holds.
 
+Keys of the version-1 form met under ``backups/`` or ``heads/`` (what an upgrade killed after its commit
+leaves) are passed over by listings; ``verify`` reports them as stale and ``upgrade`` removes them.
+
 Every other key (chunks, locks, key slots, config) says nothing and is the same in both layouts.
 
 :class:`PrivateNamesStore` sits between the repository and its store and translates every call, so nothing
@@ -52,6 +55,18 @@ _TAG_RE = re.compile(r"^[0-9a-f]{32}$")
 _BLOCK = struct.Struct(">Q8s")
 # Opens a sealed object stored under a physical key (the repository's sealer).
 Opener = Callable[[str, bytes], bytes]
+
+
+def in_private_layout(key: str) -> bool:
+    """Whether a store's key of a manifest or head (quarantined or not) has the private form: anything else
+    there is what an upgrade from version 1 left when it was killed (pipeline/upgrade.py removes it)."""
+    rest = key.removeprefix(QUARANTINE)
+    if rest.startswith(BACKUPS):
+        tag, _, leaf = rest[len(BACKUPS):].partition("/")
+        return bool(_TAG_RE.match(tag)) and "_" not in leaf
+    if rest.startswith(HEADS):
+        return bool(_TAG_RE.match(rest[len(HEADS):]))
+    return True
 
 
 class PrivateNames:
@@ -226,6 +241,8 @@ class PrivateNamesStore(ForwardingStore):
             self._learn_tags(found)
         out = []
         for info in found:
+            if not in_private_layout(info.key):
+                continue  # a version-1 key a killed upgrade left: no backup, and not this layout's
             key = self.logical(info.key)
             if key.startswith(prefix):
                 out.append(ObjectInfo(key, info.size, info.version, info.modified))

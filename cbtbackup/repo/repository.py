@@ -79,6 +79,7 @@ class Repository:
         # Private names: callers keep using logical keys; the store beneath holds keys that carry no chain
         # name and no time (object_names.py), and sealed objects are bound to those.
         self.private_names: PrivateNamesStore | None = None
+        self.raw_store = store  # the store as it is, beneath any translation of names
         if config.private_names:
             names_key = self.sealer.names_key if not isinstance(self.sealer, PlainSealer) else b""
             self.private_names = PrivateNamesStore(store, PrivateNames(names_key), self.sealer.open)
@@ -234,6 +235,12 @@ class Repository:
         state = HostState(key, config.id)
         state.check_repository(location)
         return cls(store, config, location, sealer=WriteOnlySealer(key), host_state=state)
+
+    def reopened_with(self, config: RepositoryConfig) -> Repository:
+        """This repository as it reads under ``config`` (an upgrade's next one, not yet written), with the same
+        keys and the same store."""
+        return Repository(self.raw_store, config, self.location, sealer=self.sealer, key_slot=self.key_slot,
+                          master=self._master)
 
     def stored_key(self, key: str) -> str:
         """The key a sealed object is bound to: where the store holds it."""

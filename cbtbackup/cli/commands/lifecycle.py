@@ -163,3 +163,24 @@ def unlock(repo: str, endpoint_url: str | None, remove_all: bool, as_json: bool)
     emit(as_json, {"removed": [{"id": i.id, "holder": i.describe(), "why": why} for i, why in removed]},
          [f"removed lock of {i.describe()}: {why} (age {int(now - i.created)} s)" for i, why in removed]
          or ["no stale locks"])
+
+
+@click.command()
+@repo_option
+@wait_lock_option
+@json_option
+def upgrade(repo: str, endpoint_url: str | None, wait_lock: str | None, as_json: bool) -> None:
+    """Give an encrypted repository private object names (format version 2); run again to finish one killed."""
+    from cbtbackup.pipeline.upgrade import run_upgrade
+
+    result = run_upgrade(open_repo(repo, endpoint_url), make_progress(), _wait(wait_lock))
+    lines = [f"upgraded {repo} to format version {result.version}: private object names ({result.manifests} "
+             f"manifest(s) and {result.heads} head(s) sealed under them); write-only keys made before no longer "
+             "open it: export new ones" if result.upgraded else
+             f"{repo} has private object names already (format version {result.version})"]
+    if result.unreadable:
+        lines.append(f"{len(result.unreadable)} unreadable manifest(s) moved to quarantine as they were")
+    if result.old_objects_removed or result.key_slots_sealed:
+        lines.append(f"removed {result.old_objects_removed} object(s) under old names, sealed the host and time "
+                     f"of {result.key_slots_sealed} key slot(s)")
+    emit(as_json, result.to_json(), lines)
