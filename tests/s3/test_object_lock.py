@@ -18,7 +18,7 @@ from typing import Any
 import botocore.exceptions
 import pytest
 
-from tests.conftest import MakeImage, RunCli
+from tests.conftest import MakeImage, RunCli, stored_manifests
 from tests.s3.conftest import s3_client
 
 MiB = 1 << 20
@@ -252,7 +252,8 @@ def test_the_hosts_own_key_cannot_destroy_a_locked_backup(
         host.put_bucket_versioning(Bucket=lock_bucket, VersioningConfiguration={"Status": "Suspended"})
     with pytest.raises(botocore.exceptions.ClientError):
         host.delete_bucket_policy(Bucket=lock_bucket)
-    manifest = next(v for v in objects if v["Key"].startswith("r/backups/") and incr.json["id"] in v["Key"])
+    manifest_key = "r/" + stored_manifests(("-r", repo, *ep))[incr.json["id"]]
+    manifest = next(v for v in objects if v["Key"] == manifest_key)
     with pytest.raises(botocore.exceptions.ClientError):
         host.put_object_retention(Bucket=lock_bucket, Key=manifest["Key"], VersionId=manifest["VersionId"],
                                   Retention={"Mode": "COMPLIANCE", "RetainUntilDate": time.time() + 5})
