@@ -57,6 +57,11 @@ _BLOCK = struct.Struct(">Q8s")
 Opener = Callable[[str, bytes], bytes]
 
 
+def _split_quarantine(key: str) -> tuple[str, str]:
+    """``("quarantine/", the original key)`` of a quarantined object's key, ``("", key)`` of any other."""
+    return (QUARANTINE, key[len(QUARANTINE):]) if key.startswith(QUARANTINE) else ("", key)
+
+
 def in_private_layout(key: str) -> bool:
     """Whether a store's key of a manifest or head (quarantined or not) has the private form: anything else
     there is what an upgrade from version 1 left when it was killed (pipeline/upgrade.py removes it)."""
@@ -128,9 +133,7 @@ class PrivateNames:
         return f"{when.strftime(_STAMP)}_{ident.hex()}"
 
     def physical(self, key: str) -> str:
-        quarantined = key.startswith(QUARANTINE)
-        rest = key[len(QUARANTINE):] if quarantined else key
-        head = QUARANTINE if quarantined else ""
+        head, rest = _split_quarantine(key)
         if rest.startswith(BACKUPS):
             chain, slash, leaf = rest[len(BACKUPS):].partition("/")
             if not slash:
@@ -195,9 +198,7 @@ class PrivateNamesStore(ForwardingStore):
         return None
 
     def logical(self, key: str) -> str:
-        quarantined = key.startswith(QUARANTINE)
-        rest = key[len(QUARANTINE):] if quarantined else key
-        head = QUARANTINE if quarantined else ""
+        head, rest = _split_quarantine(key)
         if rest.startswith(BACKUPS):
             tag, slash, leaf = rest[len(BACKUPS):].partition("/")
             if not slash:
@@ -214,12 +215,12 @@ class PrivateNamesStore(ForwardingStore):
 
     def _listing(self, prefix: str) -> tuple[str, bool]:
         """The physical prefix to list for a logical one, and whether what it lists needs translating."""
-        head = QUARANTINE if prefix.startswith(QUARANTINE) else ""
-        rest = prefix[len(head):]
+        head, rest = _split_quarantine(prefix)
         if rest.startswith(BACKUPS):
             chain, slash, _ = rest[len(BACKUPS):].partition("/")
             if slash:  # one chain: its tag's folder
-                return self.names.physical(f"{head}{BACKUPS}{chain}/x")[:-1], True
+                tag = chain[1:] if chain.startswith(UNKNOWN) else self.names.tag(chain)
+                return f"{head}{BACKUPS}{tag}/", True
             return head + BACKUPS, True
         if rest.startswith(HEADS):
             # A prefix naming a chain lists that chain's head alone (a tag cannot be matched by a prefix).
@@ -264,7 +265,7 @@ class PrivateNamesStore(ForwardingStore):
         """Learn the chains behind the tags of a listing, in parallel on a remote store (a request each)."""
         tags = set()
         for info in found:
-            rest = info.key[len(QUARANTINE):] if info.key.startswith(QUARANTINE) else info.key
+            rest = _split_quarantine(info.key)[1]
             for ns in (BACKUPS, HEADS):
                 if rest.startswith(ns):
                     tag = rest[len(ns):].partition("/")[0]
