@@ -5,8 +5,8 @@ text-like): a full backup, then about 1 % of the image rewritten in scattered 64
 engine for cbtbackup, plain writes for the others — the same bytes at the same places), an incremental
 backup, and a restore of the incremental. Reported: seconds, throughput, CPU seconds (user + system), peak
 RSS of each run, and the ratios the goals are stated in. cbtbackup's repository is unencrypted, as borg's
-(``-e none``), and both compress with zstd level 3. Children run with bytecode caching on, as an installed
-copy does.
+(``-e none``), and both compress with zstd at cbtbackup's default level (2). Children run with bytecode
+caching on, as an installed copy does.
 
 Needs root (to drop the page cache) and the Debian packages borgbackup and restic.
 The host's load changes from minute to minute, so the whole sequence runs ``--rounds`` times with each tool
@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from cbtbackup.engine import TrackedVolume
+from cbtbackup.repo.chunk_codec import DEFAULT_COMPRESSION, parse_compression
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -46,6 +47,8 @@ def drop_caches() -> None:
 
 # The child's peak RSS must be measured from a small process: at exec the kernel folds the forking
 # process's own high-water mark into the child's, and this script holds the writes in memory.
+DEFAULT_LEVEL = parse_compression(DEFAULT_COMPRESSION) or 3
+
 LAUNCHER = """
 import os, sys
 pid = os.fork()
@@ -116,7 +119,7 @@ def borg_steps(work: Path, image: Path, writes: list[tuple[int, bytes]]) -> dict
            "BORG_BASE_DIR": str(work / "borg-home")}
     subprocess.run(["borg", "init", "-e", "none", str(repo)], check=True, capture_output=True,
                    env={**os.environ, **env})
-    create = ["borg", "create", "--chunker-params", "fixed,1048576", "-C", "zstd,3"]
+    create = ["borg", "create", "--chunker-params", "fixed,1048576", "-C", f"zstd,{DEFAULT_LEVEL}"]
     results = {"full": run([*create, f"{repo}::full", image.name], env, cwd=image.parent)}
     apply_plain(image, writes)
     results["incr"] = run([*create, f"{repo}::incr", image.name], env, cwd=image.parent)

@@ -3,8 +3,9 @@ side by side in one run, cold page cache each time, data on disk at the end of e
 
 One mixed image (a quarter random, a quarter zeros, half text-like), the same for every contender:
 
-- full: ``zstd -T2 -3`` of the image into a file; cbtbackup ``full`` into a plaintext repository and into
-  an encrypted one opened with a key file; ``borg create -e none -C zstd,3`` with fixed 1 MiB chunks;
+- full: ``zstd -T2 -LEVEL`` of the image into a file; cbtbackup ``full`` into a plaintext repository and
+  into an encrypted one opened with a key file; ``borg create -e none -C zstd,LEVEL`` with fixed 1 MiB
+  chunks. LEVEL is cbtbackup's default (``--level``, 2), the same for all three;
 - restore: ``zstd -d`` of that file into an image file; cbtbackup ``restore`` of the plaintext full;
   ``borg extract``.
 
@@ -14,7 +15,7 @@ full CPU <= 0.75x borg, encrypted CPU <= 1.05x plaintext, restore wall <= 1.15x 
 ``--load`` runs a second process that keeps one core busy throughout (the note's second table).
 
 Needs root (to drop the page cache), zstd and the Debian package borgbackup.
-Usage: python bench/physical_limits.py [--size-gib 1] [--rounds 3] [--load] [--dir DIR] [--json]
+Usage: python bench/physical_limits.py [--size-gib 1] [--rounds 3] [--level N] [--load] [--dir DIR] [--json]
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from backup_vs_borg_restic import LAUNCHER, GiB, check_same, drop_caches, make_base
+from backup_vs_borg_restic import DEFAULT_LEVEL, LAUNCHER, GiB, check_same, drop_caches, make_base
 
 CB = [sys.executable, "-m", "cbtbackup"]
 BORG_ENV = {"BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK": "yes", "BORG_RELOCATED_REPO_ACCESS_IS_OK": "yes"}
@@ -57,21 +58,22 @@ def timed(cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = 
         return wall, float(usage.read().split()[1])
 
 
-def one_round(work: Path, image: Path, key: Path, n: int) -> dict[str, tuple[float, float]]:
+def one_round(work: Path, image: Path, key: Path, n: int, level: int) -> dict[str, tuple[float, float]]:
     r = work / f"round{n}"
     r.mkdir()
     plain, enc, borg = r / "plain", r / "enc", r / "borg"
     os.environ["CBTBACKUP_CACHE_DIR"] = str(r / "cache")  # the encrypted copies share an id: no shared cache
-    subprocess.run([*CB, "init", "-r", str(plain), "--encryption", "none"], check=True, capture_output=True)
+    subprocess.run([*CB, "init", "-r", str(plain), "--encryption", "none", "--compression", f"zstd:{level}"],
+                   check=True, capture_output=True)
     shutil.copytree(work / "enc-template", enc)  # an empty encrypted repository the key file opens
     borg_env = {**BORG_ENV, "BORG_BASE_DIR": str(r / "borg-home")}
     subprocess.run(["borg", "init", "-e", "none", str(borg)], check=True, capture_output=True,
                    env={**os.environ, **borg_env})
     steps = {
-        "zstd": lambda: timed(["zstd", "-T2", "-3", "-q", "-f", str(image), "-o", str(r / "image.zst")]),
+        "zstd": lambda: timed(["zstd", "-T2", f"-{level}", "-q", "-f", str(image), "-o", str(r / "image.zst")]),
         "full": lambda: timed([*CB, "full", "-r", str(plain), str(image)]),
         "full_encrypted": lambda: timed([*CB, "full", "-r", str(enc), "--key-file", str(key), str(image)]),
-        "borg_create": lambda: timed(["borg", "create", "--chunker-params", "fixed,1048576", "-C", "zstd,3",
+        "borg_create": lambda: timed(["borg", "create", "--chunker-params", "fixed,1048576", "-C", f"zstd,{level}",
                                       f"{borg}::full", image.name], borg_env, image.parent),
     }
     order = list(steps)
@@ -102,6 +104,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size-gib", type=float, default=1)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--level", type=int, default=DEFAULT_LEVEL, help="zstd level of every contender")
     parser.add_argument("--load", action="store_true", help="keep one core busy with a second process")
     parser.add_argument("--dir", type=Path, default=None)
     parser.add_argument("--json", action="store_true")
@@ -116,14 +119,15 @@ def main() -> None:
         subprocess.run([*CB, "track", str(image)], check=True, capture_output=True)
         template, key = work / "enc-template", work / "bench.key"
         env = {**os.environ, "CBTBACKUP_PASSWORD": "bench"}
-        subprocess.run([*CB, "init", "-r", str(template)], check=True, capture_output=True, env=env)
+        subprocess.run([*CB, "init", "-r", str(template), "--compression", f"zstd:{args.level}"], check=True,
+                       capture_output=True, env=env)
         subprocess.run([*CB, "key", "export", "-r", str(template), str(key)], check=True, capture_output=True,
                        env=env)
         if loader is not None:
             loader.start()
         try:
             for n in range(args.rounds):
-                rounds.append(one_round(work, image, key, n))
+                rounds.append(one_round(work, image, key, n, args.level))
         finally:
             if loader is not None:
                 loader.terminate()
@@ -132,7 +136,7 @@ def main() -> None:
         return round(statistics.median(r[a][i] / r[b][i] for r in rounds), 3)
 
     report: dict[str, Any] = {
-        "size_gib": args.size_gib, "rounds": args.rounds, "load": args.load,
+        "size_gib": args.size_gib, "level": args.level, "rounds": args.rounds, "load": args.load,
         "seconds": {k: round(statistics.median(r[k][0] for r in rounds), 2) for k in rounds[0]},
         "cpu_seconds": {k: round(statistics.median(r[k][1] for r in rounds), 2) for k in rounds[0]},
         "full_wall_vs_zstd": ratio("full", "zstd", 0),
@@ -145,7 +149,8 @@ def main() -> None:
     if args.json:
         print(json.dumps(report))
         return
-    print(f"{args.size_gib:g} GiB mixed image, {args.rounds} rounds{', one core loaded' if args.load else ''}")
+    loaded = ", one core loaded" if args.load else ""
+    print(f"{args.size_gib:g} GiB mixed image, zstd level {args.level}, {args.rounds} rounds{loaded}")
     for k in rounds[0]:
         print(f"  {k:>15}: {report['seconds'][k]:6.2f} s wall, {report['cpu_seconds'][k]:6.2f} s CPU")
     for k, goal in GOALS.items():

@@ -46,6 +46,11 @@ class MissingChunkError(CorruptChunkError):
         self.digest = digest
 
 
+# Level 2, not zstd's own default 3: on real data it costs 0.7-0.9x level 3's CPU for 2-4 % more stored
+# bytes, and on text of few symbols (hex, base64, logs) a fifth of it for a better ratio
+# (bench/compression_levels.py, docs/design.md).
+DEFAULT_COMPRESSION = "zstd:2"
+
 ChunkId = Callable[[bytes | memoryview], bytes]
 
 

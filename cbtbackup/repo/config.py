@@ -8,7 +8,7 @@ import time
 import uuid
 
 from cbtbackup.errors import CorruptDataError, UsageError
-from cbtbackup.repo.chunk_codec import parse_compression
+from cbtbackup.repo.chunk_codec import DEFAULT_COMPRESSION, parse_compression
 from cbtbackup.repo.retention import RetentionPolicy
 from cbtbackup.repo.sealing import check_mode
 
@@ -28,7 +28,7 @@ class UnsupportedVersionError(UsageError):
 @dataclasses.dataclass(frozen=True)
 class RepositoryConfig:
     chunk_size: int = 1 << 20
-    compression: str = "zstd:3"
+    compression: str = DEFAULT_COMPRESSION
     id: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex)
     created: float = dataclasses.field(default_factory=time.time)
     version: int = 1

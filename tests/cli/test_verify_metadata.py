@@ -23,9 +23,9 @@ def repo(request: pytest.FixtureRequest, cli: RunCli, tmp_path: Path) -> Path:
 
 
 def flip_a_byte(path: Path, text: bytes) -> None:
-    """Change one byte inside ``text`` of the file: the JSON stays valid, a value changes."""
+    """Change the byte just after ``text`` in the file (a digit): the JSON stays valid, a value changes."""
     raw = bytearray(path.read_bytes())
-    at = raw.index(text) + len(text) - 1
+    at = raw.index(text) + len(text)  # the byte after it: a digit of a level
     raw[at] = ord("4") if raw[at] != ord("4") else ord("5")
     path.write_bytes(bytes(raw))
 
@@ -35,7 +35,7 @@ def test_a_flipped_byte_in_the_config_opens_with_its_copy_and_repair_writes_it_a
 ) -> None:
     image = make_image(2 * MiB)
     backup = cli("full", "-r", repo, image, "--json").json["id"]
-    flip_a_byte(repo / "config", b'"zstd:3')
+    flip_a_byte(repo / "config", b'"zstd:')
     listed = cli("list", "-r", repo, "--json")
     assert listed.code == 0 and [b["id"] for b in listed.json["backups"]] == [backup]
     note = [line for line in listed.err.splitlines() if "config object is damaged" in line]
@@ -53,7 +53,7 @@ def test_a_flipped_byte_in_the_config_opens_with_its_copy_and_repair_writes_it_a
 
 def test_both_copies_damaged_is_one_clear_line(cli: RunCli, repo: Path) -> None:
     for name in ("config", "config.copy"):
-        flip_a_byte(repo / name, b'"zstd:3')
+        flip_a_byte(repo / name, b'"zstd:')
     result = cli("list", "-r", repo)
     result.assert_one_line_error(5, "config")
     assert "copy" not in result.err  # the first object's error: the copy was no better

@@ -5,7 +5,8 @@ import os
 import pytest
 
 from cbtbackup.errors import UsageError
-from cbtbackup.repo.chunk_codec import HEADER_SIZE, RAW, ZSTD, ChunkCodec, CorruptChunkError
+from cbtbackup.repo.chunk_codec import DEFAULT_COMPRESSION, HEADER_SIZE, RAW, ZSTD, ChunkCodec, CorruptChunkError
+from cbtbackup.repo.config import RepositoryConfig
 from cbtbackup.repo.sealing import PlainSealer
 
 digest_of = PlainSealer().chunk_id
@@ -55,3 +56,14 @@ def test_object_under_the_wrong_name() -> None:
 def test_bad_compression_specs(bad: str) -> None:
     with pytest.raises(UsageError):
         ChunkCodec(bad, digest_of)
+
+
+def test_a_new_repository_compresses_at_level_2_which_halves_text_of_few_symbols() -> None:
+    # Level 2 is the default because on such text level 3 is five times slower for a worse ratio
+    # (bench/compression_levels.py). Chunks of any level decode alike.
+    assert RepositoryConfig().compression == DEFAULT_COMPRESSION == "zstd:2"
+    data = os.urandom(1 << 19).hex().encode()
+    level2 = ChunkCodec(DEFAULT_COMPRESSION, digest_of).encode(data, digest_of(data))
+    level3 = ChunkCodec("zstd:3", digest_of).encode(data, digest_of(data))
+    assert len(level2) < len(data) * 0.51 < len(level3)
+    assert ChunkCodec(DEFAULT_COMPRESSION, digest_of).decode(level3, digest_of(data)) == data

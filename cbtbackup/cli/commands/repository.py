@@ -16,6 +16,7 @@ from cbtbackup.model.durations import format_duration, parse_wait
 from cbtbackup.model.sizes import format_size, parse_size
 from cbtbackup.pipeline.integrity import DamagedBackupError, Sample, run_verify
 from cbtbackup.pipeline.stats import bytes_alone
+from cbtbackup.repo.chunk_codec import DEFAULT_COMPRESSION
 from cbtbackup.repo.config import PRIVATE_NAMES_VERSION, RepositoryConfig
 from cbtbackup.repo.manifest import BackupRef
 from cbtbackup.repo.repository import Repository
@@ -26,7 +27,8 @@ from cbtbackup.repo.sealing import MODES
 @click.command()
 @repo_option
 @click.option("--chunk-size", default="1MiB", show_default=True, help="A power of two from 64KiB to 16MiB.")
-@click.option("--compression", default="zstd:3", show_default=True, help="none, zstd or zstd:LEVEL (1-22).")
+@click.option("--compression", default=DEFAULT_COMPRESSION, show_default=True,
+              help="none, zstd (level 3) or zstd:LEVEL (1-22).")
 @click.option("--encryption", type=click.Choice(MODES), default="aes-256-gcm", show_default=True,
               help="The cipher every object is sealed with; 'none' stores plaintext.")
 @click.option("--object-lock", type=click.Choice(LOCK_MODES, case_sensitive=False),
